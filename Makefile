@@ -1,0 +1,35 @@
+# Quick start: `make demo` and `make test` do the whole set-up into .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CMAKE_BUILD := build/cmake
+SOURCES := setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*.cpp csrc/kernels/*.cpp csrc/kernels/*.h)
+
+.PHONY: demo test lint cpp-test bench clean
+
+$(STAMP): $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements-dev.txt
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+cpp-test:
+	cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(CMAKE_BUILD) -j 2
+	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+test: $(STAMP) lint cpp-test
+	$(PY) -m pytest tests -q
+
+bench: $(STAMP)
+	$(PY) -m pytest --benchmark-only benchmarks/
+
+clean:
+	rm -rf build $(VENV) dropclass_fast/_C*.so *.egg-info

@@ -1,0 +1,128 @@
+"""``torch.library`` glue for the compiled ops ``torch.ops.dropclass_fast.*``.
+
+The schemas and the CPU kernels are registered in C++ (``csrc/ops.cpp``); this
+module adds, once the library is loaded, the fake (meta) implementations that
+``torch.compile`` traces with and the autograd formulas. The fused loss ops
+return ``(loss, grad)``: the gradient with respect to the logits is produced in
+the forward pass and only scaled by the incoming gradient in backward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_registered = False
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fake_loss_and_grad(logits: torch.Tensor, compute_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    acc = _accumulate_dtype(logits.dtype)
+    grad_shape = logits.shape if compute_grad else (0,)
+    return logits.new_empty((), dtype=acc), logits.new_empty(grad_shape, dtype=acc)
+
+
+def _refuse_double_backward(op: str) -> None:
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"dropclass_fast.{op} does not support double backward (create_graph=True)")
+
+
+def _save_grad(ctx, inputs, output) -> None:
+    ctx.save_for_backward(output[1])
+    ctx.logits_dtype = inputs[0].dtype
+
+
+def _scaled_saved_grad(ctx, grad_loss: torch.Tensor, op: str) -> torch.Tensor:
+    _refuse_double_backward(op)
+    (grad,) = ctx.saved_tensors
+    if grad.numel() == 0:
+        raise RuntimeError(f"dropclass_fast.{op} was called with compute_grad=False; no gradient was kept")
+    return (grad * grad_loss).to(ctx.logits_dtype)
+
+
+def _seg_cross_entropy_backward(ctx, grad_loss, _grad_of_grad):
+    return _scaled_saved_grad(ctx, grad_loss, "seg_cross_entropy"), None, None, None, None, None
+
+
+def _dropped_class_prob_backward(ctx, grad_loss, _grad_of_grad):
+    return _scaled_saved_grad(ctx, grad_loss, "dropped_class_prob"), None, None
+
+
+def _channel_mask_setup(ctx, inputs, output) -> None:
+    features, weight, keep = inputs
+    ctx.save_for_backward(features, weight, keep)
+
+
+def _channel_mask_backward(ctx, grad_out):
+    _refuse_double_backward("channel_mask")
+    features, weight, keep = ctx.saved_tensors
+    grad_features, grad_weight = torch.ops.dropclass_fast.channel_mask_backward(
+        grad_out.contiguous(memory_format=_memory_format(features)), features, weight, keep
+    )
+    return grad_features, grad_weight, None
+
+
+def _memory_format(features: torch.Tensor) -> torch.memory_format:
+    if features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def register() -> None:
+    """Add fake implementations and autograd formulas to the loaded C++ ops (idempotent)."""
+    global _registered
+    if _registered:
+        return
+
+    @torch.library.register_fake("dropclass_fast::seg_cross_entropy")
+    def _(logits, target, keep, ignore_index, align_corners, compute_grad):
+        return _fake_loss_and_grad(logits, compute_grad)
+
+    @torch.library.register_fake("dropclass_fast::dropped_class_prob")
+    def _(logits, keep, compute_grad):
+        return _fake_loss_and_grad(logits, compute_grad)
+
+    @torch.library.register_fake("dropclass_fast::channel_mask")
+    def _(features, weight, keep):
+        return torch.empty_like(features, memory_format=_memory_format(features))
+
+    @torch.library.register_fake("dropclass_fast::channel_mask_backward")
+    def _(grad_out, features, weight, keep):
+        return torch.empty_like(features, memory_format=_memory_format(features)), torch.empty_like(weight)
+
+    torch.library.register_autograd(
+        "dropclass_fast::seg_cross_entropy", _seg_cross_entropy_backward, setup_context=_save_grad
+    )
+    torch.library.register_autograd(
+        "dropclass_fast::dropped_class_prob", _dropped_class_prob_backward, setup_context=_save_grad
+    )
+    torch.library.register_autograd(
+        "dropclass_fast::channel_mask", _channel_mask_backward, setup_context=_channel_mask_setup
+    )
+    _registered = True
+
+
+def seg_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    keep: torch.Tensor | None,
+    ignore_index: int,
+    align_corners: bool,
+) -> torch.Tensor:
+    compute_grad = logits.requires_grad and torch.is_grad_enabled()
+    loss, _ = torch.ops.dropclass_fast.seg_cross_entropy(
+        logits, target, keep, ignore_index, align_corners, compute_grad
+    )
+    return loss
+
+
+def dropped_class_prob(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    compute_grad = logits.requires_grad and torch.is_grad_enabled()
+    loss, _ = torch.ops.dropclass_fast.dropped_class_prob(logits, keep, compute_grad)
+    return loss
+
+
+def channel_mask(features: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    return torch.ops.dropclass_fast.channel_mask(features, weight, keep)

@@ -1,0 +1,258 @@
+"""The DropClass ops: input checks, then the backend chosen by :func:`dropclass_fast.set_backend`.
+
+Every function is differentiable in its floating inputs (logits, features,
+weight) and accepts float32, float16 and bfloat16 (accumulating in float32) as
+well as float64. ``keep`` is ``[K]`` (one mask for the batch) or ``[B, K]``
+(one per sample), bool or numeric, with values 0 (class dropped) and 1.
+
+Shape, dtype and device errors are raised here. Value errors (labels outside
+``[0, K)`` that are not the ignore index, keep masks that are not 0/1 or that
+drop every class) are raised by the C++ kernels during their pass, and by a
+check before the eager reference (skipped while ``torch.compile`` traces).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _backend, _ops, reference
+
+__all__ = [
+    "class_importance",
+    "channel_mask",
+    "seg_cross_entropy",
+    "dropped_class_prob",
+    "dropclass_loss",
+]
+
+
+def _require_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _require_floating(name: str, value: object, dims: tuple[int, ...], layout: str) -> torch.Tensor:
+    tensor = _require_tensor(name, value)
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got dtype {tensor.dtype}")
+    if tensor.dim() not in dims:
+        raise ValueError(f"{name} must be {layout}, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def _require_same_device(name: str, tensor: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
+    if tensor.device != other.device:
+        raise ValueError(f"{name} is on {tensor.device} but {other_name} is on {other.device}")
+
+
+def _check_target(target: object, logits: torch.Tensor) -> torch.Tensor:
+    target = _require_tensor("target", target)
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must be an integer tensor, got dtype {target.dtype}")
+    if target.dim() != 3 or target.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"target must be [B, H, W] with B={logits.shape[0]} as in logits, got shape {tuple(target.shape)}"
+        )
+    _require_same_device("target", target, "logits", logits)
+    return target
+
+
+def _check_keep(keep: object, batch: int, num_classes: int, like: torch.Tensor, like_name: str) -> torch.Tensor:
+    keep = _require_tensor("keep", keep)
+    if keep.is_complex():
+        raise TypeError(f"keep must be a bool or real tensor, got dtype {keep.dtype}")
+    if tuple(keep.shape) not in ((num_classes,), (batch, num_classes)):
+        raise ValueError(
+            f"keep must have shape [K]=[{num_classes}] or [B, K]=[{batch}, {num_classes}], got {tuple(keep.shape)}"
+        )
+    _require_same_device("keep", keep, like_name, like)
+    return keep
+
+
+def _keep_as_rows(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``keep`` as a contiguous ``[1, K]`` or ``[B, K]`` tensor of the kernels' accumulate dtype."""
+    rows = keep.unsqueeze(0) if keep.dim() == 1 else keep
+    return rows.to(torch.float64 if dtype == torch.float64 else torch.float32).contiguous()
+
+
+def _check_keep_values(keep: torch.Tensor) -> None:
+    rows = keep.unsqueeze(0) if keep.dim() == 1 else keep
+    binary = (rows == 0) | (rows == 1)
+    if not bool(binary.all()):
+        bad = rows[~binary][0].item()
+        raise ValueError(f"keep must contain only 0 and 1, got {bad}")
+    empty = (rows != 0).sum(-1) == 0
+    if bool(empty.any()):
+        row = int(torch.nonzero(empty)[0, 0])
+        raise ValueError(f"keep drops every class (row {row} of keep has no 1): at least one class must be kept")
+
+
+def _check_label_values(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+    if bool(bad.any()):
+        value = target[bad][0].item()
+        raise ValueError(
+            f"target contains label {value} outside [0, {num_classes}) that is not ignore_index={ignore_index}"
+        )
+
+
+def _use_eager(device: torch.device) -> bool:
+    """Whether to run the eager reference; when so, the caller checks values first."""
+    return _backend.resolve(device.type) == "eager"
+
+
+def _checking_values() -> bool:
+    return not torch.compiler.is_compiling()
+
+
+def _check_weight(weight: object, num_channels: int | None = None) -> torch.Tensor:
+    weight = _require_floating("weight", weight, (2, 4), "[K, C] or a conv weight [K, C, kh, kw]")
+    if num_channels is not None and weight.shape[1] != num_channels:
+        raise ValueError(
+            f"weight has C={weight.shape[1]} input channels but features have C={num_channels} "
+            f"(weight shape {tuple(weight.shape)})"
+        )
+    return weight
+
+
+def class_importance(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Channel weights ``s = sum_c keep_c * ReLU(W_c) / sum_c keep_c``.
+
+    Args:
+        weight: classifier weight ``[K, C]`` or ``[K, C, kh, kw]`` (taps summed).
+        keep: ``[K]`` or ``[B, K]`` mask, 1 = class kept.
+
+    Returns:
+        ``[C]`` (or ``[B, C]`` for a per-sample mask) in the weight's dtype,
+        differentiable in ``weight``.
+    """
+    weight = _check_weight(weight)
+    keep = _require_tensor("keep", keep)
+    if keep.dim() not in (1, 2) or keep.shape[-1] != weight.shape[0]:
+        raise ValueError(f"keep must have shape [K] or [B, K] with K={weight.shape[0]}, got {tuple(keep.shape)}")
+    _require_same_device("keep", keep, "weight", weight)
+    if _checking_values():
+        _check_keep_values(keep)
+    return reference.class_importance(weight, keep)
+
+
+def channel_mask(features: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``features * class_importance(weight, keep)``, broadcast over space, in one fused pass.
+
+    Args:
+        features: ``A``, ``[B, C, h, w]`` (contiguous or channels_last).
+        weight: classifier weight ``[K, C]`` or ``[K, C, kh, kw]``.
+        keep: ``[K]`` or ``[B, K]``.
+
+    Returns:
+        ``[B, C, h, w]`` in the features' dtype and memory format.
+    """
+    features = _require_floating("features", features, (4,), "[B, C, h, w]")
+    weight = _check_weight(weight, features.shape[1])
+    _require_same_device("weight", weight, "features", features)
+    keep = _check_keep(keep, features.shape[0], weight.shape[0], features, "features")
+    if _use_eager(features.device):
+        if _checking_values():
+            _check_keep_values(keep)
+        return reference.channel_mask(features, weight, keep)
+    taps = weight.reshape(weight.shape[0], weight.shape[1], -1)
+    return _ops.channel_mask(features, taps, _keep_as_rows(keep, features.dtype))
+
+
+def seg_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    keep: torch.Tensor | None = None,
+    ignore_index: int = 255,
+    align_corners: bool = False,
+) -> torch.Tensor:
+    """Bilinear upsampling + softmax cross-entropy + dropped-class remap + mean, fused.
+
+    Args:
+        logits: ``[B, K, h, w]`` floating logits at any resolution.
+        target: integer labels ``[B, H, W]``; ``h, w == H, W`` means no upsampling.
+        keep: optional ``[K]`` or ``[B, K]`` mask; pixels of dropped classes are ignored.
+        ignore_index: label value that contributes nothing.
+        align_corners: as in ``F.interpolate(mode="bilinear")``.
+
+    Returns:
+        0-dim float32 (float64 for float64 logits): the mean over valid pixels,
+        0 when no pixel is valid.
+    """
+    logits = _require_floating("logits", logits, (4,), "[B, K, h, w]")
+    target = _check_target(target, logits)
+    num_classes = logits.shape[1]
+    if keep is not None:
+        keep = _check_keep(keep, logits.shape[0], num_classes, logits, "logits")
+    if _use_eager(logits.device):
+        if _checking_values():
+            _check_label_values(target, num_classes, ignore_index)
+            if keep is not None:
+                _check_keep_values(keep)
+        return reference.seg_cross_entropy(logits, target, keep, ignore_index, align_corners)
+    rows = None if keep is None else _keep_as_rows(keep, logits.dtype)
+    return _ops.seg_cross_entropy(logits, target, rows, int(ignore_index), bool(align_corners))
+
+
+def dropped_class_prob(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``L_sup``: mean over dropped (sample, class) pairs of the mean softmax probability of that class.
+
+    Args:
+        logits: ``[B, K, h, w]`` (the drop-path logits, at their own resolution).
+        keep: ``[K]`` or ``[B, K]``.
+
+    Returns:
+        0-dim float32 (float64 for float64 logits); 0 when nothing is dropped.
+    """
+    logits = _require_floating("logits", logits, (4,), "[B, K, h, w]")
+    keep = _check_keep(keep, logits.shape[0], logits.shape[1], logits, "logits")
+    if _use_eager(logits.device):
+        if _checking_values():
+            _check_keep_values(keep)
+        return reference.dropped_class_prob(logits, keep)
+    return _ops.dropped_class_prob(logits, _keep_as_rows(keep, logits.dtype))
+
+
+def dropclass_loss(
+    logits: torch.Tensor,
+    drop_logits: torch.Tensor,
+    target: torch.Tensor,
+    keep: torch.Tensor,
+    progress: float,
+    alpha: float = 10.0,
+    ignore_index: int = 255,
+    align_corners: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The DropClass loss ``lambda*CE(logits, y) + (1-lambda)*CE(drop_logits, y_drop) + alpha*L_sup``.
+
+    Args:
+        logits: ``h(A)``, ``[B, K, h, w]``.
+        drop_logits: ``h(A_drop)``, same shape.
+        target: integer labels ``[B, H, W]``.
+        keep: the mask used for ``drop_logits``, ``[K]`` or ``[B, K]``.
+        progress: training progress ``t`` in ``[0, 1]``; ``lambda = 1 - t``.
+        alpha: weight of ``L_sup`` (paper: 10).
+
+    Returns:
+        ``(total, parts)`` with ``parts = {"ce", "ce_drop", "sup"}`` the weighted
+        terms, which add up to ``total`` (0-dim float32 tensors).
+    """
+    if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be a number in [0, 1], got {progress!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
+        raise ValueError(f"alpha must be a non-negative number, got {alpha!r}")
+    logits = _require_floating("logits", logits, (4,), "[B, K, h, w]")
+    drop_logits = _require_floating("drop_logits", drop_logits, (4,), "[B, K, h, w]")
+    if drop_logits.shape[:2] != logits.shape[:2]:
+        raise ValueError(
+            f"drop_logits must have the batch and class sizes of logits {tuple(logits.shape)}, "
+            f"got {tuple(drop_logits.shape)}"
+        )
+    return reference.combine_loss_terms(
+        seg_cross_entropy(logits, target, None, ignore_index, align_corners),
+        seg_cross_entropy(drop_logits, target, keep, ignore_index, align_corners),
+        dropped_class_prob(drop_logits, keep),
+        progress,
+        alpha,
+    )

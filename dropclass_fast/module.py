@@ -1,0 +1,181 @@
+"""``DropClass``: the drop path around a segmentation model's final classifier."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import functional as dcf
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit generator seed from integers (for example ``(seed, step)`` or ``(seed, step, index)``)."""
+    h = 0
+    for v in values:
+        h = _splitmix64(h ^ (v & _MASK64))
+    return h >> 1
+
+
+class DropClassOutput(NamedTuple):
+    """What :class:`DropClass` returns in training mode.
+
+    ``logits`` = ``h(A)`` and ``drop_logits`` = ``h(A_drop)``, both
+    ``[B, K, h, w]``; ``keep`` the float32 mask used, ``[K]`` or ``[B, K]``.
+    """
+
+    logits: torch.Tensor
+    drop_logits: torch.Tensor
+    keep: torch.Tensor
+
+
+class DropClass(nn.Module):
+    """Wraps a model's final classifier ``h`` with the DropClass drop path.
+
+    Training (``module.train()``): ``forward(A, progress=t)`` draws a keep mask
+    (with probability ``t`` one class, uniform over ``K``, is dropped), computes
+    ``s = class_importance(h.weight, keep)`` (the gradient is not detached),
+    ``A_drop = select(A * s)`` and returns ``DropClassOutput(h(A), h(A_drop), keep)``.
+    Evaluation: ``forward(A)`` returns ``h(A_drop)`` with every class kept.
+
+    Args:
+        classifier: the final classifier, an ``nn.Conv2d(C, K, k)`` (1x1 in
+            the paper; a ``k x k`` kernel uses the sum of its taps).
+        per_sample: draw one mask per sample (``[B, K]``) instead of one per
+            step (``[K]``, the paper).
+        seed: seeds the masks: step ``n`` uses a generator seeded by
+            ``(seed, n)``, so every DDP rank draws the same mask in paper mode;
+            per-sample mode also mixes in the sample's global index.
+        bn_momentum: momentum of the ``select`` BatchNorm (official: 0.01).
+
+    ``select`` is ``nn.Sequential(Conv2d(C, C, 1), BatchNorm2d(C), ReLU)``.
+    ``step`` counts training forwards; it is saved in ``state_dict``.
+    """
+
+    def __init__(
+        self, classifier: nn.Conv2d, per_sample: bool = False, seed: int = 0, bn_momentum: float = 0.01
+    ) -> None:
+        super().__init__()
+        if not isinstance(classifier, nn.Conv2d):
+            raise TypeError(f"classifier must be an nn.Conv2d, got {type(classifier).__name__}")
+        if classifier.groups != 1:
+            raise ValueError(f"classifier must have groups=1, got groups={classifier.groups}")
+        channels = classifier.in_channels
+        self.classifier = classifier
+        self.select = nn.Sequential(
+            nn.Conv2d(channels, channels, 1, bias=True),
+            nn.BatchNorm2d(channels, momentum=bn_momentum),
+            nn.ReLU(inplace=True),
+        )
+        self.per_sample = bool(per_sample)
+        self.seed = int(seed)
+        self.step = 0
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_channels
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"step": self.step, "seed": self.seed}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.seed = int(state["seed"])
+
+    def sample_keep(
+        self,
+        progress: float,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        step: int | None = None,
+        sample_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The keep mask of training step ``step`` (default: the current one).
+
+        Paper mode returns ``[K]``; per-sample mode ``[B, K]``, where sample
+        ``i`` uses global index ``sample_index[i]`` (default: ``rank * B + i``).
+        Float32 on ``device``.
+        """
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress must be a number in [0, 1], got {progress!r}")
+        step = self.step if step is None else step
+        if not self.per_sample:
+            return self._draw(progress, (self.seed, step)).to(device)
+        if sample_index is None:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            indices = range(rank * batch_size, (rank + 1) * batch_size)
+        else:
+            if sample_index.shape != (batch_size,):
+                raise ValueError(f"sample_index must have shape [B]=[{batch_size}], got {tuple(sample_index.shape)}")
+            indices = sample_index.tolist()
+        return torch.stack([self._draw(progress, (self.seed, step, int(i))) for i in indices]).to(device)
+
+    def _draw(self, progress: float, key: tuple[int, ...]) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(mix_seed(*key))
+        keep = torch.ones(self.num_classes)
+        if torch.rand((), generator=generator).item() < progress:
+            keep[torch.randint(self.num_classes, (), generator=generator)] = 0.0
+        return keep
+
+    def drop_path(self, features: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``A_drop = select(A * s)`` with ``s = class_importance(h.weight, keep)``, ``[B, C, h, w]``.
+
+        For a per-batch mask the channel scale is folded into the 1x1 conv of
+        ``select`` (``conv(A * s) = (W_sel diag(s)) A``), so ``A`` is not
+        rewritten; a per-sample mask uses the fused :func:`functional.channel_mask`.
+        """
+        weight = self.classifier.weight
+        conv, rest = self.select[0], self.select[1:]
+        if keep.dim() == 1:
+            s = dcf.class_importance(weight, keep.to(weight.device))
+            scaled = conv.weight * s.to(conv.weight.dtype).view(1, -1, 1, 1)
+            return rest(F.conv2d(features, scaled, conv.bias))
+        return rest(conv(dcf.channel_mask(features, weight, keep)))
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        progress: float | None = None,
+        keep: torch.Tensor | None = None,
+        sample_index: torch.Tensor | None = None,
+    ) -> DropClassOutput | torch.Tensor:
+        """Training: ``DropClassOutput``; evaluation: the drop-path logits ``[B, K, h, w]``.
+
+        Args:
+            features: ``A``, ``[B, C, h, w]``.
+            progress: training progress ``t`` in ``[0, 1]``; needed in training
+                unless ``keep`` is given.
+            keep: an explicit ``[K]`` or ``[B, K]`` mask instead of a drawn one
+                (in evaluation too: predict with those classes dropped).
+            sample_index: global sample indices ``[B]`` for per-sample masks.
+        """
+        if not isinstance(features, torch.Tensor) or features.dim() != 4:
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ValueError(f"features must be a [B, C, h, w] tensor, got {shape}")
+        if features.shape[1] != self.classifier.in_channels:
+            raise ValueError(
+                f"features have C={features.shape[1]} channels but the classifier expects {self.classifier.in_channels}"
+            )
+        if not self.training:
+            if keep is None:
+                keep = torch.ones(self.num_classes, device=features.device)
+            return self.classifier(self.drop_path(features, keep))
+        if keep is None:
+            if progress is None:
+                raise ValueError("progress is required in training mode when keep is not given")
+            keep = self.sample_keep(progress, features.shape[0], features.device, sample_index=sample_index)
+        self.step += 1
+        logits = self.classifier(features)
+        drop_logits = self.classifier(self.drop_path(features, keep))
+        return DropClassOutput(logits, drop_logits, keep)

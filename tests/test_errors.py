@@ -1,0 +1,134 @@
+"""Bad input raises a ValueError/TypeError that names the argument and the value, on every backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import dropclass_fast
+from dropclass_fast import DropClass, DropClassLoss
+from dropclass_fast import functional as dcf
+
+BACKENDS = ["cpp", "eager"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, cpp_backend):
+    with dropclass_fast.set_backend(request.param):
+        yield request.param
+
+
+def seg_inputs(num_classes=5):
+    return torch.randn(2, num_classes, 4, 4), torch.randint(0, num_classes, (2, 16, 16))
+
+
+@pytest.mark.parametrize("bad_label", [5, 7, -3, 254])
+def test_label_out_of_range(backend, bad_label):
+    logits, target = seg_inputs()
+    target[1, 3, 4] = bad_label
+    with pytest.raises(ValueError, match=rf"target contains label {bad_label} outside \[0, 5\)"):
+        dcf.seg_cross_entropy(logits, target)
+
+
+def test_ignore_index_is_not_an_error(backend):
+    logits, target = seg_inputs()
+    target[0, 0, 0] = -1
+    assert torch.isfinite(dcf.seg_cross_entropy(logits, target, ignore_index=-1))
+
+
+@pytest.mark.parametrize(
+    "target, error, pattern",
+    [
+        (torch.rand(2, 16, 16), TypeError, "target must be an integer tensor, got dtype torch.float32"),
+        (torch.zeros(2, 16, 16, dtype=torch.bool), TypeError, "target must be an integer tensor"),
+        (torch.zeros(3, 16, 16, dtype=torch.long), ValueError, r"target must be \[B, H, W\] with B=2"),
+        (torch.zeros(2, 16, dtype=torch.long), ValueError, r"got shape \(2, 16\)"),
+        ([[0]], TypeError, "target must be a torch.Tensor, got list"),
+    ],
+)
+def test_bad_target(backend, target, error, pattern):
+    logits, _ = seg_inputs()
+    with pytest.raises(error, match=pattern):
+        dcf.seg_cross_entropy(logits, target)
+
+
+def test_bad_logits(backend):
+    _, target = seg_inputs()
+    with pytest.raises(TypeError, match="logits must be a floating tensor, got dtype torch.int64"):
+        dcf.seg_cross_entropy(torch.zeros(2, 5, 4, 4, dtype=torch.long), target)
+    with pytest.raises(ValueError, match=r"logits must be \[B, K, h, w\], got shape \(2, 5, 4\)"):
+        dcf.seg_cross_entropy(torch.zeros(2, 5, 4), target)
+
+
+def test_device_mismatch(backend):
+    logits, target = seg_inputs()
+    with pytest.raises(ValueError, match="target is on meta but logits is on cpu"):
+        dcf.seg_cross_entropy(logits, target.to("meta"))
+    with pytest.raises(ValueError, match="keep is on meta but logits is on cpu"):
+        dcf.dropped_class_prob(logits, torch.ones(5, device="meta"))
+
+
+@pytest.mark.parametrize("shape", [(4,), (6,), (3, 5), (2, 4), (2, 5, 1)])
+def test_wrong_keep_size(backend, shape):
+    logits, target = seg_inputs()
+    with pytest.raises(ValueError, match=r"keep must have shape \[K\]=\[5\] or \[B, K\]=\[2, 5\]"):
+        dcf.seg_cross_entropy(logits, target, torch.ones(shape))
+    with pytest.raises(ValueError, match=r"keep must have shape"):
+        dcf.dropped_class_prob(logits, torch.ones(shape))
+    with pytest.raises(ValueError, match=r"keep must have shape"):
+        dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(5, 3), torch.ones(shape))
+
+
+@pytest.mark.parametrize("keep", [torch.zeros(5), torch.tensor([[1.0, 1, 1, 1, 1], [0, 0, 0, 0, 0]])])
+def test_keep_dropping_every_class(backend, keep):
+    logits, target = seg_inputs()
+    with pytest.raises(ValueError, match="keep drops every class"):
+        dcf.seg_cross_entropy(logits, target, keep)
+    with pytest.raises(ValueError, match="keep drops every class"):
+        dcf.dropped_class_prob(logits, keep)
+    with pytest.raises(ValueError, match="keep drops every class"):
+        dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(5, 3), keep)
+
+
+def test_keep_not_binary(backend):
+    logits, target = seg_inputs()
+    keep = torch.tensor([1.0, 0.5, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="keep must contain only 0 and 1, got 0.5"):
+        dcf.dropped_class_prob(logits, keep)
+    with pytest.raises(ValueError, match="keep must contain only 0 and 1"):
+        dcf.seg_cross_entropy(logits, target, keep)
+
+
+def test_channel_mask_shape_errors(backend):
+    with pytest.raises(ValueError, match=r"weight has C=4 input channels but features have C=3"):
+        dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(5, 4), torch.ones(5))
+    with pytest.raises(ValueError, match=r"weight must be \[K, C\] or a conv weight"):
+        dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(5, 3, 1), torch.ones(5))
+    with pytest.raises(TypeError, match="features must be a floating tensor"):
+        dcf.channel_mask(torch.ones(2, 3, 4, 4, dtype=torch.int32), torch.randn(5, 3), torch.ones(5))
+
+
+def test_loss_argument_errors(backend):
+    logits, target = seg_inputs()
+    keep = torch.ones(5)
+    with pytest.raises(ValueError, match="progress must be a number in \\[0, 1\\], got 1.5"):
+        dcf.dropclass_loss(logits, logits, target, keep, progress=1.5)
+    with pytest.raises(ValueError, match="alpha must be a non-negative number, got -1"):
+        dcf.dropclass_loss(logits, logits, target, keep, progress=0.5, alpha=-1)
+    with pytest.raises(ValueError, match=r"drop_logits must have the batch and class sizes"):
+        dcf.dropclass_loss(logits, logits[:, :4], target, keep, progress=0.5)
+
+
+def test_module_errors():
+    with pytest.raises(TypeError, match="classifier must be an nn.Conv2d, got Linear"):
+        DropClass(nn.Linear(3, 4))
+    dc = DropClass(nn.Conv2d(8, 5, 1)).train()
+    with pytest.raises(ValueError, match="progress is required in training mode"):
+        dc(torch.randn(2, 8, 4, 4))
+    with pytest.raises(ValueError, match="features have C=7 channels but the classifier expects 8"):
+        dc(torch.randn(2, 7, 4, 4), progress=0.5)
+    with pytest.raises(ValueError, match="progress must be a number in \\[0, 1\\], got -0.1"):
+        dc(torch.randn(2, 8, 4, 4), progress=-0.1)
+    with pytest.raises(TypeError, match="out must be the DropClassOutput"):
+        DropClassLoss()(torch.randn(2, 5, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), progress=0.5)

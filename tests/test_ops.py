@@ -1,0 +1,249 @@
+"""The C++ kernels against the eager reference: values and gradients, fresh random inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dropclass_fast
+from dropclass_fast import functional as dcf
+from dropclass_fast import reference
+
+TOLERANCE = {
+    torch.float32: {"rtol": 1e-5, "atol": 1e-6},
+    torch.float64: {"rtol": 1e-10, "atol": 1e-12},
+    torch.bfloat16: {"rtol": 2e-2, "atol": 2e-3},
+    torch.float16: {"rtol": 2e-3, "atol": 2e-4},
+}
+
+# (B, K, logits h x w, labels H x W)
+SEG_SHAPES = [
+    (2, 19, (37, 53), (150, 211)),
+    (1, 2, (8, 8), (32, 32)),
+    (2, 21, (16, 15), (16, 15)),
+    (1, 150, (9, 13), (33, 41)),
+]
+
+
+def make_keep(mode: str, batch: int, num_classes: int) -> torch.Tensor | None:
+    if mode == "none":
+        return None
+    if mode == "batch":
+        keep = torch.ones(num_classes)
+        keep[torch.randperm(num_classes)[: max(1, num_classes // 4)]] = 0
+        return keep
+    keep = (torch.rand(batch, num_classes) > 0.3).float()
+    keep[:, 0] = 1
+    return keep
+
+
+def make_target(batch: int, num_classes: int, size: tuple[int, int], dtype=torch.int64) -> torch.Tensor:
+    target = torch.randint(0, num_classes, (batch, *size))
+    target[torch.rand(batch, *size) < 0.1] = 255
+    return target.to(dtype)
+
+
+def _upcast(x: torch.Tensor | None) -> torch.Tensor | None:
+    """The reference sees half-precision inputs as float32, as the kernels accumulate them."""
+    if x is not None and x.dtype in (torch.float16, torch.bfloat16):
+        return x.float()
+    return x
+
+
+def cpp_and_reference(fn_name: str, *tensors, **kwargs):
+    """``(output, input grads)`` of ``fn_name`` with the C++ backend and with the reference."""
+    results = []
+    for run_cpp in (True, False):
+        leaves = [
+            t.detach().clone().requires_grad_() if t is not None and t.is_floating_point() else t for t in tensors
+        ]
+        if run_cpp:
+            with dropclass_fast.set_backend("cpp"):
+                out = getattr(dcf, fn_name)(*leaves, **kwargs)
+        else:
+            out = getattr(reference, fn_name)(*[_upcast(x) for x in leaves], **kwargs)
+        out.backward()
+        results.append((out, [x.grad for x in leaves if x is not None and x.requires_grad]))
+    return results
+
+
+@pytest.mark.parametrize("shape", SEG_SHAPES, ids=lambda s: f"B{s[0]}K{s[1]}_{s[2][0]}x{s[2][1]}to{s[3][0]}x{s[3][1]}")
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("keep_mode", ["none", "batch", "sample"])
+def test_seg_cross_entropy_float32(cpp_backend, shape, align_corners, keep_mode):
+    batch, num_classes, low, high = shape
+    logits = torch.randn(batch, num_classes, *low) * 3
+    target = make_target(batch, num_classes, high)
+    keep = make_keep(keep_mode, batch, num_classes)
+    (got, got_grads), (want, want_grads) = cpp_and_reference(
+        "seg_cross_entropy", logits, target, keep, align_corners=align_corners
+    )
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+    scale = want_grads[0].abs().max()
+    torch.testing.assert_close(got_grads[0], want_grads[0], rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_seg_cross_entropy_half_precision(cpp_backend, dtype, align_corners):
+    logits = (torch.randn(2, 19, 37, 53) * 3).to(dtype)
+    target = make_target(2, 19, (150, 211))
+    keep = make_keep("sample", 2, 19)
+    (got, got_grads), (want, want_grads) = cpp_and_reference(
+        "seg_cross_entropy", logits, target, keep, align_corners=align_corners
+    )
+    assert got.dtype == torch.float32 and got_grads[0].dtype == dtype
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    scale = want_grads[0].abs().max().item()
+    rtol = TOLERANCE[dtype]["rtol"]
+    torch.testing.assert_close(got_grads[0].float(), want_grads[0].float(), rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_seg_cross_entropy_any_integer_labels(cpp_backend, label_dtype):
+    logits = torch.randn(2, 5, 6, 7)
+    target = torch.randint(0, 5, (2, 24, 28))
+    ignore = 255 if label_dtype == torch.uint8 else -1
+    target[:, :3] = ignore
+    want = reference.seg_cross_entropy(logits, target, ignore_index=ignore)
+    with dropclass_fast.set_backend("cpp"):
+        got = dcf.seg_cross_entropy(logits, target.to(label_dtype), ignore_index=ignore)
+    torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("backend", ["cpp", "eager"])
+def test_seg_cross_entropy_all_ignored_is_zero(cpp_backend, backend):
+    logits = torch.randn(2, 4, 5, 5, requires_grad=True)
+    target = torch.full((2, 20, 20), 255)
+    target[0, 0, 0] = 2
+    keep = torch.tensor([1.0, 1.0, 0.0, 1.0])  # the only labelled pixel belongs to a dropped class
+    with dropclass_fast.set_backend(backend):
+        for k in (None, keep):
+            loss = dcf.seg_cross_entropy(logits, target if k is not None else torch.full_like(target, 255), k)
+            loss.backward()
+            assert loss.item() == 0.0
+            assert torch.count_nonzero(logits.grad) == 0 and not torch.isnan(logits.grad).any()
+
+
+@pytest.mark.parametrize("keep_mode", ["batch", "sample"])
+@pytest.mark.parametrize("num_classes", [2, 19, 150])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dropped_class_prob(cpp_backend, keep_mode, num_classes, dtype):
+    logits = (torch.randn(3, num_classes, 11, 13) * 2).to(dtype)
+    keep = make_keep(keep_mode, 3, num_classes)
+    (got, got_grads), (want, want_grads) = cpp_and_reference("dropped_class_prob", logits, keep)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got, want, rtol=max(tol["rtol"], 1e-5) if dtype != torch.float32 else 1e-5, atol=1e-6)
+    scale = want_grads[0].abs().max().item()
+    torch.testing.assert_close(got_grads[0].float(), want_grads[0].float(), rtol=tol["rtol"], atol=tol["rtol"] * scale)
+
+
+def test_dropped_class_prob_nothing_dropped(cpp_backend):
+    logits = torch.randn(2, 5, 4, 4, requires_grad=True)
+    with dropclass_fast.set_backend("cpp"):
+        loss = dcf.dropped_class_prob(logits, torch.ones(5, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
+
+
+@pytest.mark.parametrize("weight_shape", ["1x1", "3x3", "2d"])
+@pytest.mark.parametrize("keep_mode", ["batch", "sample"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_channel_mask(cpp_backend, weight_shape, keep_mode, memory_format, dtype):
+    batch, channels, num_classes = 2, 37, 19
+    weight = {
+        "1x1": torch.randn(num_classes, channels, 1, 1),
+        "3x3": torch.randn(num_classes, channels, 3, 3),
+        "2d": torch.randn(num_classes, channels),
+    }[weight_shape]
+    features = torch.randn(batch, channels, 9, 14).to(dtype).contiguous(memory_format=memory_format)
+    keep = make_keep(keep_mode, batch, num_classes)
+    leaves = {}
+    outputs = {}
+    for backend in ("cpp", "eager"):
+        f = features.detach().clone().requires_grad_()
+        w = weight.detach().clone().requires_grad_()
+        with dropclass_fast.set_backend(backend):
+            out = dcf.channel_mask(f, w, keep)
+        upstream = torch.linspace(-1, 1, out.numel()).view_as(out).to(dtype)
+        (out * upstream).float().sum().backward()
+        outputs[backend], leaves[backend] = out, (f.grad, w.grad)
+    got, want = outputs["cpp"], outputs["eager"]
+    assert got.dtype == dtype and got.is_contiguous(memory_format=memory_format)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got.float(), want.float(), **tol)
+    torch.testing.assert_close(leaves["cpp"][0].float(), leaves["eager"][0].float(), **tol)
+    scale = leaves["eager"][1].abs().max().item()
+    rtol = 1e-5 if dtype == torch.float32 else tol["rtol"]
+    torch.testing.assert_close(leaves["cpp"][1], leaves["eager"][1], rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("keep_mode", ["batch", "sample"])
+def test_dropclass_loss(cpp_backend, keep_mode):
+    logits = torch.randn(2, 19, 17, 23)
+    drop_logits = torch.randn(2, 19, 17, 23)
+    target = make_target(2, 19, (67, 91))
+    keep = make_keep(keep_mode, 2, 19)
+    results = {}
+    for backend in ("cpp", "eager"):
+        a = logits.clone().requires_grad_()
+        b = drop_logits.clone().requires_grad_()
+        with dropclass_fast.set_backend(backend):
+            total, parts = dcf.dropclass_loss(a, b, target, keep, progress=0.3)
+        total.backward()
+        results[backend] = (total, parts, a.grad, b.grad)
+    cpp, eager = results["cpp"], results["eager"]
+    torch.testing.assert_close(cpp[0], eager[0], **TOLERANCE[torch.float32])
+    for name in ("ce", "ce_drop", "sup"):
+        torch.testing.assert_close(cpp[1][name], eager[1][name], **TOLERANCE[torch.float32])
+    torch.testing.assert_close(cpp[0], sum(cpp[1].values()))
+    for got, want in zip(cpp[2:], eager[2:]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("keep_mode", ["none", "batch", "sample"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_gradcheck_seg_cross_entropy(cpp_backend, keep_mode, align_corners):
+    logits = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    target = make_target(2, 4, (7, 9))
+    keep = make_keep(keep_mode, 2, 4)
+    with dropclass_fast.set_backend("cpp"):
+        assert torch.autograd.gradcheck(
+            lambda x: dcf.seg_cross_entropy(x, target, keep, align_corners=align_corners), (logits,)
+        )
+
+
+@pytest.mark.parametrize("keep_mode", ["batch", "sample"])
+def test_gradcheck_dropped_class_prob(cpp_backend, keep_mode):
+    logits = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
+    keep = make_keep(keep_mode, 2, 5)
+    with dropclass_fast.set_backend("cpp"):
+        assert torch.autograd.gradcheck(lambda x: dcf.dropped_class_prob(x, keep), (logits,))
+
+
+@pytest.mark.parametrize("keep_mode", ["batch", "sample"])
+@pytest.mark.parametrize("weight_shape", [(5, 6, 1, 1), (5, 6, 3, 3)])
+def test_gradcheck_channel_mask(cpp_backend, keep_mode, weight_shape):
+    features = torch.randn(2, 6, 3, 4, dtype=torch.float64, requires_grad=True)
+    # keep weights away from 0, where ReLU (and so the gradient) is not differentiable
+    weight = torch.randn(weight_shape, dtype=torch.float64)
+    weight = (weight + weight.sign() * 0.1).requires_grad_()
+    keep = make_keep(keep_mode, 2, 5)
+    with dropclass_fast.set_backend("cpp"):
+        assert torch.autograd.gradcheck(lambda f, w: dcf.channel_mask(f, w, keep), (features, weight))
+
+
+def test_gradcheck_class_importance_and_loss(cpp_backend):
+    weight = torch.randn(4, 6, dtype=torch.float64)
+    weight = (weight + weight.sign() * 0.1).requires_grad_()
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda w: dcf.class_importance(w, keep), (weight,))
+    logits = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    drop_logits = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    target = make_target(2, 4, (6, 6))
+    with dropclass_fast.set_backend("cpp"):
+        assert torch.autograd.gradcheck(
+            lambda a, b: dcf.dropclass_loss(a, b, target, keep, 0.4)[0], (logits, drop_logits)
+        )
