@@ -81,7 +81,7 @@ def _check_keep_values(keep: torch.Tensor) -> None:
     binary = (rows == 0) | (rows == 1)
     if not bool(binary.all()):
         bad = rows[~binary][0].item()
-        raise ValueError(f"keep must contain only 0 and 1, got {bad}")
+        raise ValueError(f"keep must contain only 0 and 1 values, got {bad}")
     empty = (rows != 0).sum(-1) == 0
     if bool(empty.any()):
         row = int(torch.nonzero(empty)[0, 0])

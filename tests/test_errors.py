@@ -94,7 +94,7 @@ def test_keep_dropping_every_class(backend, keep):
 def test_keep_not_binary(backend):
     logits, target = seg_inputs()
     keep = torch.tensor([1.0, 0.5, 1.0, 1.0, 1.0])
-    with pytest.raises(ValueError, match="keep must contain only 0 and 1, got 0.5"):
+    with pytest.raises(ValueError, match="keep must contain only 0 and 1 values, got 0.5"):
         dcf.dropped_class_prob(logits, keep)
     with pytest.raises(ValueError, match="keep must contain only 0 and 1"):
         dcf.seg_cross_entropy(logits, target, keep)
