@@ -1,0 +1,305 @@
+// Torch bindings of the dropclass_fast CPU kernels.
+//
+// Converts tensors to raw pointers, validates arguments (ValueError /
+// TypeError naming the argument) and calls the torch-free kernels in
+// csrc/kernels/, passing at::parallel_for as the parallel-for functor.
+//
+// Schemas (namespace dropclass_fast):
+//   channel_mask(Tensor features, Tensor weight, Tensor keep) -> Tensor
+//   channel_mask_backward(Tensor grad_out, Tensor features, Tensor weight,
+//                         Tensor keep) -> (Tensor, Tensor)
+//   seg_cross_entropy(Tensor logits, Tensor target, Tensor? keep,
+//                     int ignore_index, bool align_corners, bool compute_grad)
+//                     -> (Tensor, Tensor)
+//   dropped_class_prob(Tensor logits, Tensor keep, bool compute_grad)
+//                      -> (Tensor, Tensor)
+// Only CPU kernels are registered here; fake (meta) kernels and autograd are
+// registered from Python (torch.library.register_fake / register_autograd).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "kernels/channel_mask.h"
+#include "kernels/common.h"
+#include "kernels/dropped_class_prob.h"
+#include "kernels/seg_cross_entropy.h"
+
+namespace dropclass_fast {
+namespace {
+
+namespace kn = ::dropclass_fast::kernels;
+
+void torch_parallel_for(int64_t begin, int64_t end, int64_t grain, const kn::RangeFn& body) {
+  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) { body(b, e); });
+}
+
+const kn::ParallelFor& parallel_for() {
+  static const kn::ParallelFor pf = torch_parallel_for;
+  return pf;
+}
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "dropclass_fast CPU kernel: ", name,
+                    " must be a CPU tensor, got device ", t.device());
+}
+
+kn::DType float_dtype(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return kn::DType::Float32;
+    case at::kDouble: return kn::DType::Float64;
+    case at::kHalf: return kn::DType::Float16;
+    case at::kBFloat16: return kn::DType::BFloat16;
+    default: break;
+  }
+  TORCH_CHECK_TYPE(false, name,
+                   " must be a floating-point tensor (float32, float64, float16 or bfloat16), "
+                   "got ",
+                   t.scalar_type());
+  return kn::DType::Float32;
+}
+
+kn::LabelType label_type(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kByte: return kn::LabelType::UInt8;
+    case at::kChar: return kn::LabelType::Int8;
+    case at::kShort: return kn::LabelType::Int16;
+    case at::kInt: return kn::LabelType::Int32;
+    case at::kLong: return kn::LabelType::Int64;
+    default: break;
+  }
+  TORCH_CHECK_TYPE(false,
+                   "target must be an integer tensor (uint8, int8, int16, int32 or int64), got ",
+                   t.scalar_type());
+  return kn::LabelType::Int64;
+}
+
+// Compute dtype of the kernels' float outputs: float64 for float64 input,
+// float32 otherwise.
+at::ScalarType opmath_dtype(kn::DType d) { return d == kn::DType::Float64 ? at::kDouble : at::kFloat; }
+
+// Validates a keep mask ([K] or [Bk, K], Bk in {1, B}; values 0/1; every row
+// keeps a class) and returns it as a contiguous uint8 [rows, K] tensor.
+at::Tensor keep_to_mask(const at::Tensor& keep, int64_t B, int64_t K, const char* ref_name,
+                        int64_t* rows) {
+  check_cpu(keep, "keep");
+  TORCH_CHECK_TYPE(keep.is_floating_point() || keep.scalar_type() == at::kBool,
+                   "keep must be a floating-point or bool tensor, got ", keep.scalar_type());
+  TORCH_CHECK_VALUE(keep.dim() == 1 || keep.dim() == 2,
+                    "keep must have shape [K] or [B, K] (K=", K, ", B=", B, "), got ",
+                    keep.sizes());
+  at::Tensor k2 = keep.dim() == 1 ? keep.unsqueeze(0) : keep;
+  TORCH_CHECK_VALUE(k2.size(1) == K && (k2.size(0) == 1 || k2.size(0) == B),
+                    "keep must have shape [K], [1, K] or [B, K] with K=", K, " and B=", B,
+                    " (from ", ref_name, "), got ", keep.sizes());
+  at::Tensor mask;
+  if (k2.scalar_type() == at::kBool) {
+    mask = k2.to(at::kByte).contiguous();
+  } else {
+    at::Tensor kd = k2.detach();
+    const bool binary = kd.eq(0).logical_or(kd.eq(1)).all().item<bool>();
+    TORCH_CHECK_VALUE(binary, "keep must contain only 0 and 1 values, got ",
+                      kd.masked_select(kd.ne(0).logical_and(kd.ne(1))).flatten()[0].item<double>());
+    mask = kd.ne(0).to(at::kByte).contiguous();
+  }
+  if (mask.numel() > 0) {
+    const at::Tensor per_row = mask.sum(1);
+    const bool all_rows = per_row.gt(0).all().item<bool>();
+    TORCH_CHECK_VALUE(all_rows, "keep drops every class in row ",
+                      per_row.eq(0).nonzero().flatten()[0].item<int64_t>(),
+                      "; at least one class must be kept");
+  }
+  *rows = mask.size(0);
+  return mask;
+}
+
+// ---------------------------------------------------------------------------
+// channel_mask
+// ---------------------------------------------------------------------------
+struct MaskSetup {
+  kn::ChannelMaskArgs args;
+  at::Tensor features;  // NCHW-contiguous or channels-last-contiguous
+  at::Tensor weight;    // [K, C, T] contiguous, compute dtype
+  at::Tensor mask;      // uint8 keep
+  at::MemoryFormat format = at::MemoryFormat::Contiguous;
+};
+
+MaskSetup setup_channel_mask(const at::Tensor& features, const at::Tensor& weight,
+                             const at::Tensor& keep) {
+  check_cpu(features, "features");
+  check_cpu(weight, "weight");
+  MaskSetup s;
+  s.args.dtype = float_dtype(features, "features");
+  float_dtype(weight, "weight");
+  TORCH_CHECK_VALUE(features.dim() == 4, "features must have shape [B, C, h, w], got ",
+                    features.sizes());
+  TORCH_CHECK_VALUE(weight.dim() >= 2 && weight.dim() <= 4,
+                    "weight must have shape [K, C], [K, C, T] or [K, C, kh, kw], got ",
+                    weight.sizes());
+  const int64_t B = features.size(0), C = features.size(1);
+  const int64_t K = weight.size(0);
+  TORCH_CHECK_VALUE(weight.size(1) == C, "weight has ", weight.size(1),
+                    " input channels but features have C=", C, " (weight ", weight.sizes(),
+                    ", features ", features.sizes(), ")");
+  TORCH_CHECK_VALUE(K > 0, "weight must have at least one class, got ", weight.sizes());
+  const int64_t T = C > 0 ? weight.numel() / (K * C) : 1;
+
+  if (features.is_contiguous()) {
+    s.features = features;
+  } else if (features.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    s.features = features;
+    s.format = at::MemoryFormat::ChannelsLast;
+  } else {
+    s.features = features.contiguous();
+  }
+  s.weight = weight.detach().to(opmath_dtype(s.args.dtype)).contiguous().view({K, C, T});
+  s.mask = keep_to_mask(keep, B, K, "features / weight", &s.args.keep_rows);
+
+  s.args.channels_last = s.format == at::MemoryFormat::ChannelsLast;
+  s.args.B = B;
+  s.args.C = C;
+  s.args.HW = features.size(2) * features.size(3);
+  s.args.weight = s.weight.data_ptr();
+  s.args.K = K;
+  s.args.T = T;
+  s.args.keep = s.mask.data_ptr<uint8_t>();
+  return s;
+}
+
+at::Tensor channel_mask_cpu(const at::Tensor& features, const at::Tensor& weight,
+                            const at::Tensor& keep) {
+  MaskSetup s = setup_channel_mask(features, weight, keep);
+  at::Tensor out = at::empty(s.features.sizes(), s.features.options(), s.format);
+  if (out.numel() == 0) return out;
+  kn::channel_mask_forward(s.args, s.features.data_ptr(), out.data_ptr(), parallel_for());
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> channel_mask_backward_cpu(const at::Tensor& grad_out,
+                                                             const at::Tensor& features,
+                                                             const at::Tensor& weight,
+                                                             const at::Tensor& keep) {
+  MaskSetup s = setup_channel_mask(features, weight, keep);
+  check_cpu(grad_out, "grad_out");
+  TORCH_CHECK_VALUE(grad_out.sizes() == features.sizes(), "grad_out must have the shape of ",
+                    "features ", features.sizes(), ", got ", grad_out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == features.scalar_type(), "grad_out must have dtype ",
+                   features.scalar_type(), " (the dtype of features), got ",
+                   grad_out.scalar_type());
+  at::Tensor go = grad_out.contiguous(s.format);
+  at::Tensor grad_features = at::empty(s.features.sizes(), s.features.options(), s.format);
+  at::Tensor gw = at::empty({s.args.K, s.args.C, s.args.T}, s.weight.options());
+  if (grad_features.numel() == 0) {
+    gw.zero_();
+  } else {
+    kn::channel_mask_backward(s.args, go.data_ptr(), s.features.data_ptr(),
+                              grad_features.data_ptr(), gw.data_ptr(), parallel_for());
+  }
+  at::Tensor grad_weight = gw.view(weight.sizes()).to(weight.scalar_type());
+  return std::make_tuple(grad_features, grad_weight);
+}
+
+// ---------------------------------------------------------------------------
+// seg_cross_entropy
+// ---------------------------------------------------------------------------
+std::tuple<at::Tensor, at::Tensor> seg_cross_entropy_cpu(const at::Tensor& logits_in,
+                                                         const at::Tensor& target_in,
+                                                         const std::optional<at::Tensor>& keep,
+                                                         int64_t ignore_index,
+                                                         bool align_corners,
+                                                         bool compute_grad) {
+  check_cpu(logits_in, "logits");
+  check_cpu(target_in, "target");
+  const kn::DType dt = float_dtype(logits_in, "logits");
+  const kn::LabelType lt = label_type(target_in);
+  TORCH_CHECK_VALUE(logits_in.dim() == 4, "logits must have shape [B, K, h, w], got ",
+                    logits_in.sizes());
+  TORCH_CHECK_VALUE(target_in.dim() == 3, "target must have shape [B, H, W], got ",
+                    target_in.sizes());
+  const int64_t B = logits_in.size(0), K = logits_in.size(1);
+  const int64_t h = logits_in.size(2), w = logits_in.size(3);
+  const int64_t H = target_in.size(1), W = target_in.size(2);
+  TORCH_CHECK_VALUE(target_in.size(0) == B, "target batch size ", target_in.size(0),
+                    " does not match logits batch size ", B, " (target ", target_in.sizes(),
+                    ", logits ", logits_in.sizes(), ")");
+  TORCH_CHECK_VALUE(K > 0, "logits must have at least one class, got ", logits_in.sizes());
+  TORCH_CHECK_VALUE(h > 0 && w > 0, "logits must have non-empty spatial size, got ",
+                    logits_in.sizes());
+
+  kn::SegCrossEntropyArgs a;
+  at::Tensor mask;
+  if (keep.has_value() && keep->defined()) {
+    mask = keep_to_mask(*keep, B, K, "logits", &a.keep_rows);
+    a.keep = mask.data_ptr<uint8_t>();
+  }
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const auto opts = logits.options().dtype(opmath_dtype(dt));
+  at::Tensor grad = compute_grad ? at::empty({B, K, h, w}, opts) : at::empty({0}, opts);
+
+  a.logits = logits.data_ptr();
+  a.dtype = dt;
+  a.target = target.data_ptr();
+  a.label_type = lt;
+  a.B = B; a.K = K; a.h = h; a.w = w; a.H = H; a.W = W;
+  a.ignore_index = ignore_index;
+  a.align_corners = align_corners;
+  a.grad = compute_grad ? grad.data_ptr() : nullptr;
+  const kn::SegCrossEntropyResult r = kn::seg_cross_entropy(a, parallel_for());
+  TORCH_CHECK_VALUE(!r.bad_label, "target contains label ", r.bad_value, " outside [0, ", K,
+                    ") that is not ignore_index=", ignore_index);
+  at::Tensor loss = at::scalar_tensor(r.loss, opts);
+  return std::make_tuple(loss, grad);
+}
+
+// ---------------------------------------------------------------------------
+// dropped_class_prob
+// ---------------------------------------------------------------------------
+std::tuple<at::Tensor, at::Tensor> dropped_class_prob_cpu(const at::Tensor& logits_in,
+                                                          const at::Tensor& keep,
+                                                          bool compute_grad) {
+  check_cpu(logits_in, "logits");
+  const kn::DType dt = float_dtype(logits_in, "logits");
+  TORCH_CHECK_VALUE(logits_in.dim() == 4, "logits must have shape [B, K, h, w], got ",
+                    logits_in.sizes());
+  const int64_t B = logits_in.size(0), K = logits_in.size(1);
+  const int64_t h = logits_in.size(2), w = logits_in.size(3);
+  TORCH_CHECK_VALUE(K > 0, "logits must have at least one class, got ", logits_in.sizes());
+
+  kn::DroppedClassProbArgs a;
+  const at::Tensor mask = keep_to_mask(keep, B, K, "logits", &a.keep_rows);
+  const at::Tensor logits = logits_in.contiguous();
+  const auto opts = logits.options().dtype(opmath_dtype(dt));
+  at::Tensor grad = compute_grad ? at::empty({B, K, h, w}, opts) : at::empty({0}, opts);
+  a.logits = logits.data_ptr();
+  a.dtype = dt;
+  a.keep = mask.data_ptr<uint8_t>();
+  a.B = B; a.K = K; a.P = h * w;
+  a.grad = compute_grad ? grad.data_ptr() : nullptr;
+  const double loss = kn::dropped_class_prob(a, parallel_for());
+  return std::make_tuple(at::scalar_tensor(loss, opts), grad);
+}
+
+}  // namespace
+}  // namespace dropclass_fast
+
+TORCH_LIBRARY(dropclass_fast, m) {
+  m.def("channel_mask(Tensor features, Tensor weight, Tensor keep) -> Tensor");
+  m.def(
+      "channel_mask_backward(Tensor grad_out, Tensor features, Tensor weight, Tensor keep) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "seg_cross_entropy(Tensor logits, Tensor target, Tensor? keep, int ignore_index, "
+      "bool align_corners, bool compute_grad) -> (Tensor, Tensor)");
+  m.def("dropped_class_prob(Tensor logits, Tensor keep, bool compute_grad) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dropclass_fast, CPU, m) {
+  m.impl("channel_mask", &dropclass_fast::channel_mask_cpu);
+  m.impl("channel_mask_backward", &dropclass_fast::channel_mask_backward_cpu);
+  m.impl("seg_cross_entropy", &dropclass_fast::seg_cross_entropy_cpu);
+  m.impl("dropped_class_prob", &dropclass_fast::dropped_class_prob_cpu);
+}
