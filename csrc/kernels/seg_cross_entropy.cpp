@@ -75,27 +75,108 @@ constexpr int64_t kTile = 128;            // output pixels per inner tile
 constexpr int64_t kStripElems = 32768;    // target K * strip width
 constexpr int64_t kTargetTasks = 32;      // tasks per call (shape-only choice)
 constexpr int64_t kMinBandRows = 32;      // output rows per band, at least
+constexpr int64_t kCountPixels = 32768;   // output pixels per task of the counting pass
 
 template <typename T>
 struct Strip {
   int64_t Xs = 0, Xe = 0;    // output columns [Xs, Xe)
   int64_t xlo = 0, xhi = 0;  // source columns [xlo, xhi]
-  // Transposed horizontal interpolation restricted to the strip: source
-  // column xlo + j receives lx0[X] * g[X] for X - Xs in [r0[2j], r0[2j+1])
-  // (the columns with x0[X] == xlo + j, contiguous since x0 is monotone) and
-  // lx1[X] * g[X] for X - Xs in [r1[2j], r1[2j+1]).
+  // Plain strips keep the output columns in order (slot index i <-> X = Xs + i).
+  // Transposed horizontal interpolation: source column xlo + j receives
+  // lx0[X] * g[X] for X - Xs in [r0[2j], r0[2j+1]) (the columns with
+  // x0[X] == xlo + j, contiguous since x0 is monotone) and lx1[X] * g[X] for
+  // X - Xs in [r1[2j], r1[2j+1]).
   std::vector<int32_t> r0, r1;
+
+  // Phased strips (integer upsampling factor s): the slots hold the output
+  // columns in phase-major order, so that runs of slots read consecutive
+  // source columns: slots [off, off + len) of a run are the columns
+  // X, X + s, X + 2s, ... with x0 = x, x + 1, x + 2, ... and x1 = x0 + 1.
+  // Then the horizontal interpolation and its transpose are contiguous,
+  // vectorisable loops.  Slots [edge_off, n) are the few remaining columns
+  // (image borders), handled one by one.  Per-pixel work does not care about
+  // the column order; the labels are read through `order`.
+  bool phased = false;
+  struct Run {
+    int32_t off, len, x;
+  };
+  std::vector<Run> runs;
+  int32_t edge_off = 0;
+  std::vector<int32_t> order;     // slot -> X
+  std::vector<int32_t> px0, px1;  // slot -> source columns
+  std::vector<T> pl0, pl1;        // slot -> weights
 };
+
+// Tries to lay out the strip [Xs, Xe) phase-major with stride s; returns
+// false (leaving the strip plain) when too few columns fall into long runs.
+template <typename T>
+bool make_phased(Strip<T>& st, int64_t s, const std::vector<int32_t>& x0,
+                 const std::vector<int32_t>& x1, const std::vector<T>& l0,
+                 const std::vector<T>& l1) {
+  const int64_t n = st.Xe - st.Xs;
+  constexpr int64_t kMinRun = 8;
+  std::vector<typename Strip<T>::Run> runs;
+  std::vector<int32_t> order, edges;
+  std::vector<uint8_t> used(n, 0);
+  for (int64_t j = 0; j < s && j < n; ++j) {
+    int64_t X = st.Xs + j;
+    while (X < st.Xe) {
+      // Longest run starting at X with stride s.
+      int64_t len = 0;
+      if (x1[X] == x0[X] + 1) {
+        len = 1;
+        while (X + len * s < st.Xe && x1[X + len * s] == x0[X + len * s] + 1 &&
+               x0[X + len * s] == x0[X] + len)
+          ++len;
+      }
+      if (len >= kMinRun) {
+        runs.push_back({static_cast<int32_t>(order.size()), static_cast<int32_t>(len), x0[X]});
+        for (int64_t k = 0; k < len; ++k) {
+          order.push_back(static_cast<int32_t>(X + k * s));
+          used[X + k * s - st.Xs] = 1;
+        }
+        X += len * s;
+      } else {
+        X += s;
+      }
+    }
+  }
+  if (static_cast<int64_t>(order.size()) * 4 < n * 3) return false;  // < 75% in runs
+  st.edge_off = static_cast<int32_t>(order.size());
+  for (int64_t i = 0; i < n; ++i)
+    if (!used[i]) order.push_back(static_cast<int32_t>(st.Xs + i));
+  st.phased = true;
+  st.runs = std::move(runs);
+  st.order = std::move(order);
+  st.px0.resize(n); st.px1.resize(n); st.pl0.resize(n); st.pl1.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t X = st.order[i];
+    st.px0[i] = x0[X];
+    st.px1[i] = x1[X];
+    st.pl0[i] = l0[X];
+    st.pl1[i] = l1[X];
+  }
+  return true;
+}
 
 template <typename T>
 struct Plan {
   int64_t B, K, h, w, H, W;
+  bool identity_x = false;  // W == w: the horizontal interpolation is a copy
   std::vector<int32_t> y0, y1, x0, x1;
   std::vector<T> ly0, ly1, lx0, lx1;
   int64_t band_rows, nbands, ntasks;
   std::vector<int64_t> band_ylo, band_yhi;  // source rows touched by each band
-  std::vector<int64_t> band_off;            // buffer offset of band within a sample
-  int64_t sample_buf = 0;                   // buffer elements per sample
+  // Gradient rows.  A source row touched by one band only is written by that
+  // band's task straight into the gradient; a row shared by several bands is
+  // written by each of them into a halo row, and the halo rows are summed in
+  // band order after the pass.  halo_index[band_row_off[band] + y - ylo] is
+  // the halo row of (band, y) within a sample, or -1 for an exclusive row.
+  std::vector<int64_t> band_row_off;
+  std::vector<int32_t> halo_index;
+  int64_t halo_rows = 0;                    // halo rows per sample
+  std::vector<int64_t> first_band, last_band;  // bands touching each source row
+  std::vector<int64_t> fix_rows;            // shared or untouched source rows
   int64_t strip_w = 0;
   std::vector<Strip<T>> strips;
 };
@@ -104,6 +185,7 @@ template <typename T>
 Plan<T> make_plan(const SegCrossEntropyArgs& a, bool grad) {
   Plan<T> p;
   p.B = a.B; p.K = a.K; p.h = a.h; p.w = a.w; p.H = a.H; p.W = a.W;
+  p.identity_x = a.W == a.w;
   p.y0.resize(a.H); p.y1.resize(a.H); p.ly0.resize(a.H); p.ly1.resize(a.H);
   p.x0.resize(a.W); p.x1.resize(a.W); p.lx0.resize(a.W); p.lx1.resize(a.W);
   bilinear_coefficients<T>(a.h, a.H, a.align_corners, p.y0.data(), p.y1.data(), p.ly0.data(),
@@ -117,17 +199,33 @@ Plan<T> make_plan(const SegCrossEntropyArgs& a, bool grad) {
   p.ntasks = a.B * p.nbands;
   p.band_ylo.resize(p.nbands);
   p.band_yhi.resize(p.nbands);
-  p.band_off.resize(p.nbands);
-  int64_t off = 0;
   for (int64_t band = 0; band < p.nbands; ++band) {
     const int64_t Ya = band * p.band_rows;
     const int64_t Yb = std::min(a.H, Ya + p.band_rows);
     p.band_ylo[band] = p.y0[Ya];
     p.band_yhi[band] = p.y1[Yb - 1];
-    p.band_off[band] = off;
-    if (grad) off += a.K * (p.band_yhi[band] - p.band_ylo[band] + 1) * a.w;
   }
-  p.sample_buf = off;
+  if (grad) {
+    p.first_band.assign(a.h, p.nbands);
+    p.last_band.assign(a.h, -1);
+    for (int64_t band = 0; band < p.nbands; ++band)
+      for (int64_t y = p.band_ylo[band]; y <= p.band_yhi[band]; ++y) {
+        p.first_band[y] = std::min(p.first_band[y], band);
+        p.last_band[y] = std::max(p.last_band[y], band);
+      }
+    p.band_row_off.resize(p.nbands);
+    int64_t off = 0;
+    for (int64_t band = 0; band < p.nbands; ++band) {
+      p.band_row_off[band] = off;
+      for (int64_t y = p.band_ylo[band]; y <= p.band_yhi[band]; ++y)
+        p.halo_index.push_back(p.first_band[y] == p.last_band[y]
+                                   ? -1
+                                   : static_cast<int32_t>(p.halo_rows++));
+      off += p.band_yhi[band] - p.band_ylo[band] + 1;
+    }
+    for (int64_t y = 0; y < a.h; ++y)
+      if (p.first_band[y] != p.last_band[y]) p.fix_rows.push_back(y);
+  }
 
   int64_t sw = ceil_div(kStripElems / std::max<int64_t>(a.K, 1), 16) * 16;
   sw = std::max<int64_t>(sw, 64);
@@ -135,13 +233,23 @@ Plan<T> make_plan(const SegCrossEntropyArgs& a, bool grad) {
   const int64_t nstrips = ceil_div(a.W, std::min(sw, a.W));
   sw = ceil_div(ceil_div(a.W, nstrips), 4) * 4;
   p.strip_w = std::min(sw, a.W);
+  // Integer upsampling factor of the columns (phase-major strips).
+  int64_t phase_stride = 0;
+  if (a.W >= 2 * a.w && a.W % a.w == 0 && !a.align_corners) phase_stride = a.W / a.w;
+  if (a.align_corners && a.w > 1 && a.W > 1 && (a.W - 1) % (a.w - 1) == 0 &&
+      a.W - 1 >= 2 * (a.w - 1))
+    phase_stride = (a.W - 1) / (a.w - 1);
   for (int64_t Xs = 0; Xs < a.W; Xs += p.strip_w) {
     Strip<T> s;
     s.Xs = Xs;
     s.Xe = std::min(a.W, Xs + p.strip_w);
     s.xlo = p.x0[Xs];
     s.xhi = p.x1[s.Xe - 1];
-    if (grad) {
+    if (phase_stride >= 2 && make_phased<T>(s, phase_stride, p.x0, p.x1, p.lx0, p.lx1)) {
+      p.strips.push_back(std::move(s));
+      continue;
+    }
+    if (grad && !p.identity_x) {
       const int64_t nx = s.xhi - s.xlo + 1;
       s.r0.assign(2 * nx, 0);
       s.r1.assign(2 * nx, 0);
@@ -185,6 +293,71 @@ struct TaskOut {
   int64_t bad_value = 0;
 };
 
+// Valid-pixel flag of a label (and bad-label flag).
+template <typename L, bool kKeep>
+inline bool classify(L label, int64_t ignore, uint64_t uK, const uint8_t* keep_b, bool* bad,
+                     int32_t* cls) {
+  const int64_t v = static_cast<int64_t>(label);
+  const bool ign = v == ignore;
+  const bool inr = static_cast<uint64_t>(v) < uK;
+  *bad = !ign && !inr;
+  const int32_t t = inr ? static_cast<int32_t>(v) : 0;
+  bool val = !ign && inr;
+  if (kKeep) val = val && keep_b[t] != 0;
+  *cls = t;
+  return val;
+}
+
+// Counting pass (gradient runs only): number of valid pixels, so that the
+// main pass can write the final, scaled gradient, and the first bad label.
+template <typename L, bool kKeep>
+TaskOut count_valid(const SegCrossEntropyArgs& a, const ParallelFor& pf) {
+  const int64_t HW = a.H * a.W;
+  const int64_t per_sample = ceil_div(HW, kCountPixels);
+  const int64_t ntasks = a.B * per_sample;
+  std::vector<TaskOut> outs(ntasks);
+  const L* target = static_cast<const L*>(a.target);
+  const uint64_t uK = static_cast<uint64_t>(a.K);
+  pf(0, ntasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / per_sample;
+      const int64_t p0 = (task % per_sample) * kCountPixels;
+      const int64_t p1 = std::min(HW, p0 + kCountPixels);
+      const uint8_t* keep_b = kKeep ? a.keep + keep_row(b, a.keep_rows) * a.K : nullptr;
+      const L* lab = target + b * HW;
+      int64_t count = 0;
+      bool any_bad = false;
+      for (int64_t i = p0; i < p1; ++i) {
+        bool bad;
+        int32_t cls;
+        count += classify<L, kKeep>(lab[i], a.ignore_index, uK, keep_b, &bad, &cls) ? 1 : 0;
+        any_bad = any_bad || bad;
+      }
+      TaskOut& o = outs[task];
+      o.count = count;
+      if (any_bad) {
+        for (int64_t i = p0; i < p1; ++i) {
+          const int64_t v = static_cast<int64_t>(lab[i]);
+          if (v != a.ignore_index && static_cast<uint64_t>(v) >= uK) {
+            o.bad = true;
+            o.bad_value = v;
+            break;
+          }
+        }
+      }
+    }
+  });
+  TaskOut total;
+  for (const TaskOut& o : outs) {
+    total.count += o.count;
+    if (o.bad && !total.bad) {
+      total.bad = true;
+      total.bad_value = o.bad_value;
+    }
+  }
+  return total;
+}
+
 // Horizontal upsample of source row y (all classes) into a row slot.
 template <typename S, typename T>
 void fill_row(const S* logits, int64_t b, int64_t y, const Plan<T>& p, const Strip<T>& st,
@@ -195,7 +368,12 @@ void fill_row(const S* logits, int64_t b, int64_t y, const Plan<T>& p, const Str
   const T* __restrict l0 = p.lx0.data() + st.Xs;
   const T* __restrict l1 = p.lx1.data() + st.Xs;
   for (int64_t c = 0; c < p.K; ++c) {
-    const S* row = logits + ((b * p.K + c) * p.h + y) * p.w;
+    const S* __restrict row = logits + ((b * p.K + c) * p.h + y) * p.w;
+    T* __restrict d = dst + c * p.strip_w;
+    if (p.identity_x) {  // W == w (PyTorch copies; lambda0 = 1, lambda1 = 0)
+      for (int64_t i = 0; i < n; ++i) d[i] = load_as<T>(row[st.Xs + i]);
+      continue;
+    }
     const T* __restrict src;
     if constexpr (std::is_same<S, T>::value) {
       src = row;
@@ -204,16 +382,68 @@ void fill_row(const S* logits, int64_t b, int64_t y, const Plan<T>& p, const Str
       for (int64_t x = st.xlo; x <= st.xhi; ++x) rb[x] = load_as<T>(row[x]);
       src = rb;
     }
-    T* __restrict d = dst + c * p.strip_w;
+    if (st.phased) {
+      const T* __restrict pl0 = st.pl0.data();
+      const T* __restrict pl1 = st.pl1.data();
+      for (const auto& run : st.runs) {
+        const T* __restrict sa = src + run.x;
+        const T* __restrict sb = src + run.x + 1;
+        T* __restrict dd = d + run.off;
+        const T* __restrict w0 = pl0 + run.off;
+        const T* __restrict w1 = pl1 + run.off;
+        for (int32_t k = 0; k < run.len; ++k) dd[k] = sa[k] * w0[k] + sb[k] * w1[k];
+      }
+      const int32_t* __restrict px0 = st.px0.data();
+      const int32_t* __restrict px1 = st.px1.data();
+      for (int64_t i = st.edge_off; i < n; ++i)
+        d[i] = src[px0[i]] * pl0[i] + src[px1[i]] * pl1[i];
+      continue;
+    }
     for (int64_t i = 0; i < n; ++i) d[i] = src[x0[i]] * l0[i] + src[x1[i]] * l1[i];
   }
 }
 
-// Transposed horizontal interpolation of a gradient row slot into the band
-// buffer row of source row y.
+// Transposed horizontal interpolation of a gradient row slot, added into the
+// gradient row `out` (class c at out + c * cstride).
 template <typename T>
 void flush_row(const Plan<T>& p, const Strip<T>& st, const T* __restrict g, T* __restrict out,
                int64_t cstride) {
+  if (p.identity_x) {
+    const int64_t n = st.Xe - st.Xs;
+    for (int64_t c = 0; c < p.K; ++c) {
+      const T* __restrict gc = g + c * p.strip_w;
+      T* __restrict oc = out + c * cstride + st.Xs;
+      for (int64_t i = 0; i < n; ++i) oc[i] += gc[i];
+    }
+    return;
+  }
+  if (st.phased) {
+    const int64_t n = st.Xe - st.Xs;
+    const T* __restrict pl0 = st.pl0.data();
+    const T* __restrict pl1 = st.pl1.data();
+    const int32_t* __restrict px0 = st.px0.data();
+    const int32_t* __restrict px1 = st.px1.data();
+    for (int64_t c = 0; c < p.K; ++c) {
+      const T* __restrict gc = g + c * p.strip_w;
+      T* __restrict oc = out + c * cstride;
+      for (const auto& run : st.runs) {
+        const T* __restrict gg = gc + run.off;
+        const T* __restrict w0 = pl0 + run.off;
+        const T* __restrict w1 = pl1 + run.off;
+        T* __restrict oa = oc + run.x;
+#pragma GCC ivdep
+        for (int32_t k = 0; k < run.len; ++k) oa[k] += w0[k] * gg[k];
+        T* __restrict ob = oc + run.x + 1;
+#pragma GCC ivdep
+        for (int32_t k = 0; k < run.len; ++k) ob[k] += w1[k] * gg[k];
+      }
+      for (int64_t i = st.edge_off; i < n; ++i) {
+        oc[px0[i]] += pl0[i] * gc[i];
+        oc[px1[i]] += pl1[i] * gc[i];
+      }
+    }
+    return;
+  }
   const int64_t nx = st.xhi - st.xlo + 1;
   const int32_t* __restrict r0 = st.r0.data();
   const int32_t* __restrict r1 = st.r1.data();
@@ -231,10 +461,13 @@ void flush_row(const Plan<T>& p, const Strip<T>& st, const T* __restrict g, T* _
   }
 }
 
+// One task: sample b, one band of output rows.  With kGrad, `inv_count` is
+// 1 / (number of valid pixels) and the task writes its exclusive gradient rows
+// (final values) and its halo rows.
 template <typename S, typename L, bool kKeep, bool kGrad>
 void run_task(const SegCrossEntropyArgs& a, const Plan<typename OpMath<S>::type>& p,
               int64_t task, Scratch<typename OpMath<S>::type>& sc, TaskOut& out,
-              typename OpMath<S>::type* buf_all) {
+              typename OpMath<S>::type inv_count, typename OpMath<S>::type* halo_all) {
   using T = typename OpMath<S>::type;
   const S* logits = static_cast<const S*>(a.logits);
   const L* target = static_cast<const L*>(a.target);
@@ -244,12 +477,26 @@ void run_task(const SegCrossEntropyArgs& a, const Plan<typename OpMath<S>::type>
   const int64_t Ya = band * p.band_rows;
   const int64_t Yb = std::min(p.H, Ya + p.band_rows);
   const int64_t ylo = p.band_ylo[band];
-  const int64_t nrows = p.band_yhi[band] - ylo + 1;
-  const int64_t cstride = nrows * p.w;  // class stride in the band buffer
-  T* buf = nullptr;
+  const int64_t yhi = p.band_yhi[band];
+  T* grad = static_cast<T*>(a.grad);
+  const int32_t* halo_idx = kGrad ? p.halo_index.data() + p.band_row_off[band] : nullptr;
+  T* halo_b = kGrad ? halo_all + b * p.halo_rows * K * p.w : nullptr;
+  // Destination of gradient row y: (pointer to class 0, class stride).
+  auto dest = [&](int64_t y, int64_t* cstride) -> T* {
+    const int32_t hi = halo_idx[y - ylo];
+    if (hi < 0) {
+      *cstride = p.h * p.w;
+      return grad + (b * K * p.h + y) * p.w;
+    }
+    *cstride = p.w;
+    return halo_b + hi * K * p.w;
+  };
   if (kGrad) {
-    buf = buf_all + b * p.sample_buf + p.band_off[band];
-    std::fill(buf, buf + K * cstride, static_cast<T>(0));
+    for (int64_t y = ylo; y <= yhi; ++y) {
+      int64_t cs;
+      T* d = dest(y, &cs);
+      for (int64_t c = 0; c < K; ++c) std::fill(d + c * cs, d + c * cs + p.w, static_cast<T>(0));
+    }
   }
   const uint8_t* keep_b = kKeep ? a.keep + keep_row(b, a.keep_rows) * K : nullptr;
   const int64_t ignore = a.ignore_index;
@@ -263,8 +510,11 @@ void run_task(const SegCrossEntropyArgs& a, const Plan<typename OpMath<S>::type>
   for (const Strip<T>& st : p.strips) {
     int64_t slot_row[2] = {-1, -1};
     auto flush = [&](int s) {
-      if (kGrad && slot_row[s] >= 0)
-        flush_row<T>(p, st, sc.grow[s].data(), buf + (slot_row[s] - ylo) * p.w, cstride);
+      if (kGrad && slot_row[s] >= 0) {
+        int64_t cs;
+        T* d = dest(slot_row[s], &cs);
+        flush_row<T>(p, st, sc.grow[s].data(), d, cs);
+      }
     };
     auto load = [&](int s, int64_t y) {
       flush(s);
@@ -308,24 +558,29 @@ void run_task(const SegCrossEntropyArgs& a, const Plan<typename OpMath<S>::type>
         T* __restrict vf = sc.vf.data();
         T* __restrict r = sc.r.data();
         int32_t* __restrict tc = sc.tc.data();
-        const L* __restrict lab = lab_row + X0;
-
         // Labels -> class index (or -1), valid flag.
         int64_t nvalid = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t v = static_cast<int64_t>(lab[i]);
-          const bool ign = v == ignore;
-          const bool inr = static_cast<uint64_t>(v) < uK;
-          if (!ign && !inr && !bad) {
-            bad = true;
-            bad_value = v;
+        auto label_loop = [&](auto label_at) {
+          for (int64_t i = 0; i < n; ++i) {
+            bool is_bad;
+            int32_t t;
+            const L lv = label_at(i);
+            const bool val = classify<L, kKeep>(lv, ignore, uK, keep_b, &is_bad, &t);
+            if (is_bad && !bad) {
+              bad = true;
+              bad_value = static_cast<int64_t>(lv);
+            }
+            tc[i] = val ? t : -1;
+            vf[i] = val ? static_cast<T>(1) : static_cast<T>(0);
+            nvalid += val ? 1 : 0;
           }
-          const int32_t t = inr ? static_cast<int32_t>(v) : 0;
-          bool val = !ign && inr;
-          if (kKeep) val = val && keep_b[t] != 0;
-          tc[i] = val ? t : -1;
-          vf[i] = val ? static_cast<T>(1) : static_cast<T>(0);
-          nvalid += val ? 1 : 0;
+        };
+        if (st.phased) {
+          const int32_t* __restrict ord = st.order.data() + xs;
+          label_loop([&](int64_t i) { return lab_row[ord[i]]; });
+        } else {
+          const L* __restrict lab = lab_row + X0;
+          label_loop([&](int64_t i) { return lab[i]; });
         }
         if (nvalid == 0) continue;  // nothing to add to loss or gradient
         count += nvalid;
@@ -387,8 +642,9 @@ void run_task(const SegCrossEntropyArgs& a, const Plan<typename OpMath<S>::type>
           loss += tsum;
         }
         if (kGrad) {
+          // d loss / d U[c] = (softmax_c - [c == t]) / count on valid pixels.
           for (int64_t i = 0; i < n; ++i) {
-            const T inv = static_cast<T>(1) / ssum[i];
+            const T inv = inv_count / ssum[i];
             r[i] = mask_if(vf[i] != static_cast<T>(0), inv);
           }
           if (sA != sB) {
@@ -399,7 +655,7 @@ void run_task(const SegCrossEntropyArgs& a, const Plan<typename OpMath<S>::type>
               const int32_t ci = static_cast<int32_t>(c);
 #pragma GCC ivdep
               for (int64_t i = 0; i < n; ++i) {
-                const T g = u[i] * r[i] - mask_if(tc[i] == ci, static_cast<T>(1));
+                const T g = u[i] * r[i] - mask_if(tc[i] == ci, inv_count);
                 ga[i] += g * wa;
                 gb[i] += g * wb;
               }
@@ -412,7 +668,7 @@ void run_task(const SegCrossEntropyArgs& a, const Plan<typename OpMath<S>::type>
               const int32_t ci = static_cast<int32_t>(c);
 #pragma GCC ivdep
               for (int64_t i = 0; i < n; ++i) {
-                const T g = u[i] * r[i] - mask_if(tc[i] == ci, static_cast<T>(1));
+                const T g = u[i] * r[i] - mask_if(tc[i] == ci, inv_count);
                 ga[i] += g * wab;
               }
             }
@@ -432,67 +688,79 @@ void run_task(const SegCrossEntropyArgs& a, const Plan<typename OpMath<S>::type>
 template <typename S, typename L, bool kKeep, bool kGrad>
 SegCrossEntropyResult run(const SegCrossEntropyArgs& a, const ParallelFor& pf) {
   using T = typename OpMath<S>::type;
+  SegCrossEntropyResult res;
+  T* grad = static_cast<T*>(a.grad);
+  T inv_count = static_cast<T>(0);
+  if (kGrad) {
+    // Count first: the main pass then writes the final gradient directly.
+    const TaskOut c = count_valid<L, kKeep>(a, pf);
+    res.count = c.count;
+    if (c.bad) {
+      res.bad_label = true;
+      res.bad_value = c.bad_value;
+      return res;
+    }
+    if (c.count == 0) {  // no valid pixel: loss 0, gradient 0
+      const int64_t n = a.B * a.K * a.h * a.w;
+      pf(0, n, 65536, [&](int64_t begin, int64_t end) {
+        std::fill(grad + begin, grad + end, static_cast<T>(0));
+      });
+      return res;
+    }
+    inv_count = static_cast<T>(1.0 / static_cast<double>(c.count));
+  }
+
   const Plan<T> p = make_plan<T>(a, kGrad);
-  std::vector<T> bufs;
-  if (kGrad) bufs.resize(static_cast<size_t>(p.B * p.sample_buf));
+  std::vector<T> halo;
+  if (kGrad) halo.resize(static_cast<size_t>(p.B * p.halo_rows * p.K * p.w));
   std::vector<TaskOut> outs(p.ntasks);
-  T* buf_all = kGrad ? bufs.data() : nullptr;
   pf(0, p.ntasks, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> sc(p, kGrad);
-    for (int64_t t = begin; t < end; ++t) run_task<S, L, kKeep, kGrad>(a, p, t, sc, outs[t], buf_all);
+    for (int64_t t = begin; t < end; ++t)
+      run_task<S, L, kKeep, kGrad>(a, p, t, sc, outs[t], inv_count, halo.data());
   });
 
-  SegCrossEntropyResult res;
   double total = 0.0;
+  int64_t count = 0;
   for (const TaskOut& o : outs) {
     total += o.loss;
-    res.count += o.count;
+    count += o.count;
     if (o.bad && !res.bad_label) {
       res.bad_label = true;
       res.bad_value = o.bad_value;
     }
   }
-  res.loss = res.count > 0 ? total / static_cast<double>(res.count) : 0.0;
+  res.count = count;
+  res.loss = count > 0 ? total / static_cast<double>(count) : 0.0;
   if (!kGrad || res.bad_label) return res;
 
-  // Reduce the band buffers into the gradient, in band order, times 1/count.
-  T* grad = static_cast<T*>(a.grad);
-  const T inv = res.count > 0 ? static_cast<T>(1.0 / static_cast<double>(res.count))
-                              : static_cast<T>(0);
-  // Bands covering each source row: [first_band[y], last_band[y]] (empty if first > last).
-  std::vector<int64_t> first_band(p.h, p.nbands), last_band(p.h, -1);
-  for (int64_t band = 0; band < p.nbands; ++band) {
-    for (int64_t y = p.band_ylo[band]; y <= p.band_yhi[band]; ++y) {
-      first_band[y] = std::min(first_band[y], band);
-      last_band[y] = std::max(last_band[y], band);
-    }
-  }
-  const int64_t nrows_total = p.B * p.K * p.h;
-  pf(0, nrows_total, std::max<int64_t>(1, 4096 / std::max<int64_t>(p.w, 1)),
+  // Rows shared by several bands: sum the halo rows in band order.  Rows no
+  // band touches (downsampling): zero.
+  const int64_t nfix = static_cast<int64_t>(p.fix_rows.size());
+  pf(0, p.B * nfix, std::max<int64_t>(1, 4096 / std::max<int64_t>(p.K * p.w, 1)),
      [&](int64_t begin, int64_t end) {
-       for (int64_t row = begin; row < end; ++row) {
-         const int64_t y = row % p.h;
-         const int64_t c = (row / p.h) % p.K;
-         const int64_t b = row / (p.h * p.K);
-         T* __restrict dst = grad + row * p.w;
-         const int64_t f = first_band[y], l = last_band[y];
-         if (f > l || res.count == 0) {
-           std::fill(dst, dst + p.w, static_cast<T>(0));
-           continue;
-         }
-         for (int64_t band = f; band <= l; ++band) {
-           const int64_t nr = p.band_yhi[band] - p.band_ylo[band] + 1;
-           const T* __restrict src = bufs.data() + b * p.sample_buf + p.band_off[band] +
-                                     (c * nr + (y - p.band_ylo[band])) * p.w;
-           if (band == f) {
-             for (int64_t x = 0; x < p.w; ++x) dst[x] = src[x];
-           } else {
+       for (int64_t job = begin; job < end; ++job) {
+         const int64_t b = job / nfix;
+         const int64_t y = p.fix_rows[job % nfix];
+         const int64_t f = p.first_band[y], l = p.last_band[y];
+         for (int64_t c = 0; c < p.K; ++c) {
+           T* __restrict dst = grad + ((b * p.K + c) * p.h + y) * p.w;
+           if (f > l) {
+             std::fill(dst, dst + p.w, static_cast<T>(0));
+             continue;
+           }
+           for (int64_t band = f; band <= l; ++band) {
+             const int64_t hi =
+                 p.halo_index[p.band_row_off[band] + y - p.band_ylo[band]];
+             const T* __restrict src = halo.data() + ((b * p.halo_rows + hi) * p.K + c) * p.w;
+             if (band == f) {
+               for (int64_t x = 0; x < p.w; ++x) dst[x] = src[x];
+             } else {
 #pragma GCC ivdep
-             for (int64_t x = 0; x < p.w; ++x) dst[x] += src[x];
+               for (int64_t x = 0; x < p.w; ++x) dst[x] += src[x];
+             }
            }
          }
-#pragma GCC ivdep
-         for (int64_t x = 0; x < p.w; ++x) dst[x] *= inv;
        }
      });
   return res;

@@ -646,6 +646,13 @@ int main() {
       {1, 150, 4, 6, 13, 22, false, 2, 255, 0.1},
       {2, 3, 4, 5, 9, 11, false, 0, 255, 1.0},   // everything ignored
       {1, 4, 3, 70, 5, 333, false, 2, 255, 0.1}, // wide: several strips
+      // Integer factors (phase-major strips), both align_corners conventions.
+      {2, 19, 9, 13, 36, 52, false, 2, 255, 0.1},
+      {2, 19, 9, 13, 33, 49, true, 1, 255, 0.1},
+      {1, 3, 5, 24, 17, 192, false, 0, 255, 0.1},   // x8
+      {1, 3, 5, 24, 9, 47, true, 0, 255, 0.1},      // x2, align_corners
+      {1, 2, 4, 300, 8, 1200, false, 2, 255, 0.1},  // x4, several strips
+      {1, 40, 4, 300, 8, 900, false, 0, 255, 0.1},  // x3 (inexact weights), several strips
   };
   for (const CECase& cs : cases) {
     test_seg_ce<float, int64_t>(cs, rng);
