@@ -1,0 +1,30 @@
+"""Memory bounds: the fused loss never materialises the full-resolution logits."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+PEAK_MEMORY = Path(__file__).resolve().parents[1] / "benchmarks" / "peak_memory.py"
+
+
+def _peak_memory_module():
+    spec = importlib.util.spec_from_file_location("peak_memory", PEAK_MEMORY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_fused_seg_cross_entropy_peak_memory_is_an_eighth_of_eager(cpp_backend, keep):
+    """B=2, K=19, 64x128 -> 256x512: eager holds several B*K*H*W float32 tensors (~20 MiB each)."""
+    measure = _peak_memory_module().measure
+    case = {"op": "seg_cross_entropy", "B": 2, "K": 19, "h": 64, "w": 128, "H": 256, "W": 512, "keep": keep}
+    fused = measure({**case, "impl": "cpp"})["peak_extra_mib"]
+    eager = measure({**case, "impl": "eager"})["peak_extra_mib"]
+    full_resolution_mib = 2 * 19 * 256 * 512 * 4 / 2**20
+    assert eager > 2 * full_resolution_mib, (eager, fused)
+    assert fused <= eager / 8, (eager, fused)
+    assert fused < full_resolution_mib / 2, (eager, fused)
