@@ -2,7 +2,10 @@
 //
 // Converts tensors to raw pointers, validates arguments (ValueError /
 // TypeError naming the argument) and calls the torch-free kernels in
-// csrc/kernels/, passing at::parallel_for as the parallel-for functor.
+// csrc/kernels/, passing a parallel-for functor built on at::parallel_for.
+// Build with -fopenmp (compile and link) so that at::parallel_for runs on
+// torch's OpenMP threads; without it the functor falls back on torch's
+// inter-op pool (see torch_parallel_for).
 //
 // Schemas (namespace dropclass_fast):
 //   channel_mask(Tensor features, Tensor weight, Tensor keep) -> Tensor
@@ -20,6 +23,12 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <tuple>
 
@@ -33,8 +42,71 @@ namespace {
 
 namespace kn = ::dropclass_fast::kernels;
 
+// The kernels' parallel-for: splits [begin, end) into chunks of at least
+// `grain` (about 4 per thread) that worker threads claim dynamically, which
+// balances the load when threads are slowed down unevenly; the kernels'
+// results do not depend on which thread runs which chunk.
+//  * Built with -fopenmp: the workers are torch's intra-op OpenMP threads,
+//    started through at::parallel_for.
+//  * Without -fopenmp, at::parallel_for (a header template whose OpenMP
+//    path is compiled into the including file) would run everything on the
+//    calling thread, so the workers are the calling thread plus tasks on
+//    torch's inter-op pool (at::launch).  Since chunks are claimed, the
+//    caller never waits for a chunk that has not started: no deadlock when
+//    called from a pool thread.
+// Either way the number of threads follows torch.set_num_threads, and
+// nested calls (inside a parallel region) run serially.
 void torch_parallel_for(int64_t begin, int64_t end, int64_t grain, const kn::RangeFn& body) {
-  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) { body(b, e); });
+  const int64_t n = end - begin;
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t nthreads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (nthreads <= 1 || n <= grain) {
+    body(begin, end);
+    return;
+  }
+  const int64_t chunk = std::max<int64_t>(grain, (n + 4 * nthreads - 1) / (4 * nthreads));
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+  const int64_t nworkers = std::min<int64_t>(nthreads, nchunks);
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+    std::exception_ptr error;
+    std::atomic_flag error_set = ATOMIC_FLAG_INIT;
+  };
+  auto state = std::make_shared<State>();
+  const kn::RangeFn* fn = &body;  // dereferenced only while the caller waits
+  auto work = [state, fn, begin, end, chunk, nchunks]() {
+    for (;;) {
+      const int64_t i = state->next.fetch_add(1);
+      if (i >= nchunks) return;
+      try {
+        const int64_t b = begin + i * chunk;
+        (*fn)(b, std::min(end, b + chunk));
+      } catch (...) {
+        if (!state->error_set.test_and_set()) state->error = std::current_exception();
+      }
+      if (state->done.fetch_add(1) + 1 == nchunks) {
+        { std::lock_guard<std::mutex> lock(state->mu); }
+        state->cv.notify_all();
+      }
+    }
+  };
+#ifdef _OPENMP
+  at::parallel_for(0, nworkers, 1, [&](int64_t b, int64_t e) {
+    for (int64_t w = b; w < e; ++w) work();
+  });
+#else
+  for (int64_t t = 1; t < nworkers; ++t) at::launch(work);
+  work();
+#endif
+  {
+    std::unique_lock<std::mutex> lock(state->mu);
+    state->cv.wait(lock, [&] { return state->done.load() == nchunks; });
+  }
+  if (state->error) std::rethrow_exception(state->error);
 }
 
 const kn::ParallelFor& parallel_for() {

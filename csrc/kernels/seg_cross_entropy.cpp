@@ -3,8 +3,9 @@
 //
 // Work decomposition
 //   task   = (sample b, band of consecutive output rows).  The number of
-//            tasks depends on the shape only, so results are bit-identical
-//            whatever the number of threads.
+//            tasks depends on the shape only, and every floating-point sum
+//            has a fixed order, so results are bit-identical whatever the
+//            number of threads or the order in which tasks run.
 //   strip  = a range of output columns, sized so that the per-strip row
 //            buffers (K x strip width) stay in L2.
 //   tile   = kTile output pixels of one output row; all per-pixel work runs
@@ -16,9 +17,17 @@
 // of two row slots, and every output row is a blend of the two slots.  The
 // gradient goes the other way: each output row adds its pixel gradient into
 // two full-width gradient slots, and when a source row leaves its slot it is
-// reduced horizontally (a small CSR gather) into the task's band buffer
-// [K][band source rows][w].  After all tasks, the band buffers are summed in
-// task order into the gradient and scaled by 1 / count.
+// reduced horizontally into the gradient.
+//
+// Gradient runs first count the valid pixels (a cheap pass over the labels
+// that also finds bad labels), so the main pass writes final values: source
+// rows touched by one band only go straight into the gradient tensor; rows
+// shared by two bands go to small per-task halo rows that are summed in band
+// order at the end.
+//
+// For integer upsampling factors the strips keep their columns in
+// phase-major order (see Strip), which turns the horizontal interpolation and
+// its transpose into contiguous, vectorisable loops.
 #include "seg_cross_entropy.h"
 
 #include <algorithm>
