@@ -6,7 +6,10 @@ round times ``cpp`` and ``eager`` back to back (alternating which goes first)
 and the speedup is the median of the per-round ratios. The pytest-benchmark
 time of this test is that of one (cpp + eager) pair; the numbers that matter
 are in ``extra_info``: ``cpp_median_ms``, ``eager_median_ms``,
-``speedup_median`` (and its min/max over rounds).
+``speedup_median`` (and its min/max over rounds), and the minor page faults per
+call (``*_minor_faults_per_call``): PyTorch's CPU allocator does not cache, so
+the eager path maps and touches its ~230 MiB of full-resolution buffers anew on
+every call, and on a VM those faults are a large and variable part of its time.
 
 Shape as in ``bench_seg_cross_entropy.py``: B=2, K=19, logits 128x256 -> labels
 512x1024, ``align_corners=False``. Run: ``pytest --benchmark-only benchmarks/bench_speedup.py``.
@@ -14,6 +17,7 @@ Shape as in ``bench_seg_cross_entropy.py``: B=2, K=19, logits 128x256 -> labels
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from typing import Any
@@ -36,13 +40,16 @@ def test_seg_cross_entropy_interleaved(benchmark: Any, smoke: bool, cpp_availabl
     for fn in fns.values():
         fn()  # load the kernels, first-call costs
     times: dict[str, list[float]] = {"cpp": [], "eager": []}
+    faults: dict[str, list[int]] = {"cpp": [], "eager": []}
     order = ["cpp", "eager"]
 
     def pair() -> None:
         for impl in order:
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             fns[impl]()
             times[impl].append(time.perf_counter() - t0)
+            faults[impl].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         order.reverse()
 
     benchmark.group = f"seg_cross_entropy {dtype} interleaved cpp+eager"
@@ -61,5 +68,8 @@ def test_seg_cross_entropy_interleaved(benchmark: Any, smoke: bool, cpp_availabl
             "speedup_median": round(statistics.median(ratios), 3),
             "speedup_min": round(min(ratios), 3),
             "speedup_max": round(max(ratios), 3),
+            # fresh pages touched per call: eager allocates its full-resolution buffers anew each call
+            "cpp_minor_faults_per_call": statistics.median(faults["cpp"]),
+            "eager_minor_faults_per_call": statistics.median(faults["eager"]),
         }
     )
