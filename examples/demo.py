@@ -350,11 +350,11 @@ def progress_bar(it: Iterable[T], total: int, desc: str, enabled: bool) -> Itera
     if enabled and _tqdm is not None and sys.stderr.isatty():
         yield from _tqdm(it, total=total, desc=desc, leave=False, dynamic_ncols=True)
         return
-    step = max(1, total // 4)
+    milestones = {max(1, round(total * q)) for q in (0.25, 0.5, 0.75, 1.0)}
     for i, x in enumerate(it):
-        if enabled and (i % step == 0 or i == total - 1):
-            print(f"  {desc}: {i + 1}/{total}", flush=True)
         yield x
+        if enabled and i + 1 in milestones:
+            print(f"  {desc}: {i + 1}/{total}", flush=True)
 
 
 def _batches(n: int, batch_size: int, iters: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
