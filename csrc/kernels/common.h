@@ -241,6 +241,24 @@ inline double exp_op(double x) { return std::exp(x); }
 // exp for arguments <= 0 (or NaN).
 inline float exp_nonpos(float x) { return fast_expf_nonpos(x); }
 inline double exp_nonpos(double x) { return std::exp(x); }
+
+// Softmax numerators of a class-major tile, in place: x[c*stride + i] <- exp(x - m[i]) for
+// c < K, i < n, and sum[i] = their sum over c. m[i] must be the maximum over c (so the
+// exponent is <= 0).
+template <typename T>
+inline void exp_shifted_inplace(T* __restrict x, const T* __restrict m, T* __restrict sum,
+                                int64_t K, int64_t n, int64_t stride) {
+  for (int64_t i = 0; i < n; ++i) sum[i] = static_cast<T>(0);
+  for (int64_t c = 0; c < K; ++c) {
+    T* __restrict xc = x + c * stride;
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) {
+      const T v = exp_nonpos(xc[i] - m[i]);
+      xc[i] = v;
+      sum[i] += v;
+    }
+  }
+}
 inline float log_op(float x) { return fast_logf(x); }
 inline double log_op(double x) { return std::log(x); }
 

@@ -82,16 +82,7 @@ double run(const DroppedClassProbArgs& a, const ParallelFor& pf) {
 #pragma GCC ivdep
           for (int64_t i = 0; i < n; ++i) mm[i] = ec[i] > mm[i] ? ec[i] : mm[i];
         }
-        for (int64_t i = 0; i < n; ++i) iv[i] = static_cast<T>(0);
-        for (int64_t c = 0; c < K; ++c) {
-          T* __restrict ec = e + c * kTile;
-#pragma GCC ivdep
-          for (int64_t i = 0; i < n; ++i) {
-            const T v = exp_nonpos(ec[i] - mm[i]);
-            ec[i] = v;
-            iv[i] += v;
-          }
-        }
+        exp_shifted_inplace(e, mm, iv, K, n, kTile);
         for (int64_t i = 0; i < n; ++i) {
           iv[i] = static_cast<T>(1) / iv[i];
           dt[i] = static_cast<T>(0);

@@ -622,16 +622,7 @@ void run_task(const SegCrossEntropyArgs& a, const Plan<typename OpMath<S>::type>
           zt[i] = U[t * kTile + i];
         }
         // exp(U - m) in place, denominators.
-        for (int64_t i = 0; i < n; ++i) ssum[i] = static_cast<T>(0);
-        for (int64_t c = 0; c < K; ++c) {
-          T* __restrict u = U + c * kTile;
-#pragma GCC ivdep
-          for (int64_t i = 0; i < n; ++i) {
-            const T e = exp_nonpos(u[i] - m[i]);
-            u[i] = e;
-            ssum[i] += e;
-          }
-        }
+        exp_shifted_inplace(U, m, ssum, K, n, kTile);
         // Loss: log S + m - z_t over valid pixels (8 partial sums).
         {
           T lane[8] = {};
