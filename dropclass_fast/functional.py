@@ -97,6 +97,24 @@ def _check_label_values(target: torch.Tensor, num_classes: int, ignore_index: in
         )
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_progress(progress: object) -> float:
+    """``progress`` as a float; ValueError unless it is a number in ``[0, 1]``."""
+    if not _is_number(progress) or not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be a number in [0, 1], got {progress!r}")
+    return float(progress)
+
+
+def check_alpha(alpha: object) -> float:
+    """``alpha`` as a float; ValueError unless it is a non-negative number."""
+    if not _is_number(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a non-negative number, got {alpha!r}")
+    return float(alpha)
+
+
 def _use_eager(device: torch.device) -> bool:
     """Whether to run the eager reference; when so, the caller checks values first."""
     return _backend.resolve(device.type) == "eager"
@@ -238,10 +256,8 @@ def dropclass_loss(
         ``(total, parts)`` with ``parts = {"ce", "ce_drop", "sup"}`` the weighted
         terms, which add up to ``total`` (0-dim float32 tensors).
     """
-    if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not 0.0 <= progress <= 1.0:
-        raise ValueError(f"progress must be a number in [0, 1], got {progress!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
-        raise ValueError(f"alpha must be a non-negative number, got {alpha!r}")
+    check_progress(progress)
+    check_alpha(alpha)
     logits = _require_floating("logits", logits, (4,), "[B, K, h, w]")
     drop_logits = _require_floating("drop_logits", drop_logits, (4,), "[B, K, h, w]")
     if drop_logits.shape[:2] != logits.shape[:2]:

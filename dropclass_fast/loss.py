@@ -25,9 +25,7 @@ class DropClassLoss(nn.Module):
 
     def __init__(self, alpha: float = 10.0, ignore_index: int = 255, align_corners: bool = False) -> None:
         super().__init__()
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
-            raise ValueError(f"alpha must be a non-negative number, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = dcf.check_alpha(alpha)
         self.ignore_index = int(ignore_index)
         self.align_corners = bool(align_corners)
 

@@ -107,8 +107,7 @@ class DropClass(nn.Module):
         ``i`` uses global index ``sample_index[i]`` (default: ``rank * B + i``).
         Float32 on ``device``.
         """
-        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not 0.0 <= progress <= 1.0:
-            raise ValueError(f"progress must be a number in [0, 1], got {progress!r}")
+        progress = dcf.check_progress(progress)
         step = self.step if step is None else step
         if not self.per_sample:
             return self._draw(progress, (self.seed, step)).to(device)
