@@ -442,6 +442,15 @@ def test_synthetic_scenes_are_deterministic_per_item():
     assert ds.num_classes == 8 and ds.class_names[RIDER] == "rider" and ds.palette.shape == (8, 3)
 
 
+def test_synthetic_scene_is_the_same_at_any_resolution():
+    small = SyntheticStreets("train", length=10, size=(32, 64))
+    large = SyntheticStreets("train", length=10, size=(64, 128))
+    for i in range(10):
+        coarse, fine = small.load_raw(i)[1], large.load_raw(i)[1][::2, ::2]
+        labelled = (coarse != IGNORE) & (fine != IGNORE)
+        assert (coarse == fine)[labelled].mean() > 0.9
+
+
 def test_synthetic_bias_statistics():
     """The promises of the module docstring, on 300 scenes: bicycles rare, riders only (and mostly) on them."""
     ds = SyntheticStreets("train", length=300, size=(32, 64))
