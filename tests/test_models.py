@@ -153,6 +153,9 @@ def test_loaders_reject_what_is_not_a_state_dict(tmp_path):
         load_official_checkpoint(_hrnet_v1(), path)
     with pytest.raises(ValueError, match="not a state dict"):
         load_torchvision_checkpoint(DeepLabV3(num_classes=3, dropclass=False), {})
+    torch.save(nn.Linear(2, 2), path)
+    with pytest.raises(ValueError, match="not a state dict"):
+        load_official_checkpoint(_hrnet_v1(), path)
     with pytest.raises(TypeError, match="path_or_state_dict"):
         load_official_checkpoint(_hrnet_v1(), 42)
     with pytest.raises(TypeError, match="HRNet"):
@@ -221,6 +224,22 @@ def test_attach_dropclass_matches_a_hand_built_dropclass():
     assert isinstance(pred, torch.Tensor)
     torch.testing.assert_close(pred, expected_pred)
     torch.testing.assert_close(predict(wrapper, x), expected_pred)
+
+
+def test_attach_dropclass_to_a_baseline_hrnet_equals_the_built_in_dropclass_hrnet():
+    built_in = _hrnet_v1(seed=1)
+    baseline = _hrnet_v1(dropclass=False, seed=2)
+    report = load_official_checkpoint(baseline, to_official_state_dict(built_in))
+    assert sorted(report.unexpected) == sorted(k for k in to_official_state_dict(built_in) if "clsdrop" in k)
+    wrapper = attach_dropclass(baseline, classifier="last_layer.3")
+    wrapper.dropclass.load_state_dict(built_in.dropclass.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    keep = torch.ones(19).index_fill_(0, torch.tensor([4]), 0.0)
+    expected, out = built_in.train()(images, keep=keep), wrapper.train()(images, keep=keep)
+    for name in ("logits", "drop_logits", "keep"):
+        torch.testing.assert_close(getattr(out, name), getattr(expected, name))
+    with torch.no_grad():
+        torch.testing.assert_close(wrapper.eval()(images), built_in.eval()(images))
 
 
 def test_attach_dropclass_errors():

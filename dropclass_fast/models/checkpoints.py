@@ -20,6 +20,7 @@ loaded; floating values are cast to the model's dtype. A ``module.`` prefix
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -74,8 +75,12 @@ def read_state_dict(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -
     every key. Raises ``ValueError`` for anything else.
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        content = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
         source = f"file {os.fspath(path_or_state_dict)!r}"
+        try:
+            content = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            message = f"{source} is not a state dict: torch.load(weights_only=True) refused it: {error}"
+            raise ValueError(message) from None
     elif isinstance(path_or_state_dict, Mapping):
         content, source = path_or_state_dict, "the mapping given"
     else:

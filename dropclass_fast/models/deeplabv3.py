@@ -54,7 +54,9 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, dilatio
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: a 1x1 conv, three dilated 3x3 convs and image pooling, projected to 256."""
 
-    def __init__(self, in_channels: int, rates: tuple[int, ...] = ATROUS_RATES, out_channels: int = ASPP_CHANNELS):
+    def __init__(
+        self, in_channels: int, rates: tuple[int, ...] = ATROUS_RATES, out_channels: int = ASPP_CHANNELS
+    ) -> None:
         super().__init__()
         branches: list[nn.Module] = [_conv_bn_relu(in_channels, out_channels, 1)]
         branches += [_conv_bn_relu(in_channels, out_channels, 3, dilation=rate) for rate in rates]

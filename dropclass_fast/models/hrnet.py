@@ -206,7 +206,9 @@ class HRNet(SegmentationModel):
     checkpoint: every conv from ``N(0, 0.001)``, BatchNorm to identity.
     """
 
-    def __init__(self, version: str = "v2", num_classes: int = 19, dropclass: bool = True, **dropclass_kwargs: Any):
+    def __init__(
+        self, version: str = "v2", num_classes: int = 19, dropclass: bool = True, **dropclass_kwargs: Any
+    ) -> None:
         super().__init__()
         if version not in HRNET_CONFIGS:
             raise ValueError(f"version must be one of {sorted(HRNET_CONFIGS)}, got {version!r}")
