@@ -1,0 +1,14 @@
+"""The command line of the training examples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .config import build_parser, config_from_args
+from .engine import TrainResult, train
+
+
+def main(argv: Sequence[str] | None, datasets: tuple[str, ...], description: str) -> TrainResult:
+    """Parses ``argv`` (``datasets[0]`` is the default ``--dataset``) and trains."""
+    args = build_parser(datasets, description).parse_args(argv)
+    return train(config_from_args(args))

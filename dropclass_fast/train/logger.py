@@ -1,0 +1,34 @@
+"""The per-iteration CSV log of a training run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+COLUMNS = ("iteration", "epoch", "progress", "lr", "loss", "ce", "ce_drop", "sup", "images_per_s", "seconds")
+
+
+class CsvLog:
+    """Appends one row per logged iteration to ``path`` (columns :data:`COLUMNS`).
+
+    ``resume_from``: the iteration a resumed run restarts at; rows past it (a
+    killed run's iterations after its last checkpoint) are dropped first, so
+    the file never holds an iteration twice.
+    """
+
+    def __init__(self, path: str | Path, resume_from: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept: list[dict[str, str]] = []
+        if resume_from is not None and self.path.is_file():
+            with self.path.open(newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["iteration"]) <= resume_from]
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
+
+    def write(self, row: dict[str, float | int | str]) -> None:
+        """Appends ``row`` (missing columns stay empty)."""
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=COLUMNS).writerow({k: row.get(k, "") for k in COLUMNS})

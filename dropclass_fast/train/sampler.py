@@ -1,0 +1,70 @@
+"""A shuffling sampler that can start in the middle of an epoch (exact resume)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+from ..module import mix_seed
+
+
+class ResumableSampler(Sampler[int]):
+    """Shuffles ``range(dataset_size)`` per epoch and gives rank ``rank`` its share.
+
+    The order of epoch ``e`` is a permutation drawn from a generator seeded by
+    ``(seed, e)``, so it is the same on every rank and in every run; rank ``r``
+    of ``num_replicas`` takes positions ``r, r + num_replicas, ...``. The tail
+    that does not fill a whole global batch is dropped, as with
+    ``drop_last=True``. :meth:`set_epoch` takes the number of this rank's
+    samples to skip, so a resumed run starts at the exact sample it stopped at.
+
+    Args:
+        dataset_size: number of samples in the dataset.
+        batch_size: samples per rank and step.
+        num_replicas: number of ranks.
+        rank: this rank.
+        seed: seeds the shuffles.
+        shuffle: ``False`` keeps the dataset order (evaluation).
+    """
+
+    def __init__(
+        self, dataset_size: int, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.batches_per_epoch = dataset_size // (batch_size * num_replicas)
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"dataset of {dataset_size} samples is smaller than one global batch "
+                f"({batch_size} per rank x {num_replicas} ranks)"
+            )
+        self.dataset_size = dataset_size
+        self.batch_size = batch_size
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Iterate epoch ``epoch``, leaving out this rank's first ``skip`` samples."""
+        if not 0 <= skip <= len(self):
+            raise ValueError(f"skip must be in [0, {len(self)}], got {skip}")
+        self.epoch = epoch
+        self.skip = skip
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+            order = torch.randperm(self.dataset_size, generator=generator)
+        else:
+            order = torch.arange(self.dataset_size)
+        mine = order[: len(self) * self.num_replicas][self.rank :: self.num_replicas]
+        return iter(mine[self.skip :].tolist())

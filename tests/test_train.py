@@ -1,0 +1,126 @@
+"""The training engine end to end on CPU: the examples, exact resume, DDP with gloo."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from dropclass_fast.train import TrainConfig, load_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[1]
+# A tiny synthetic dataset and crop: every run here takes seconds.
+SYNTHETIC = {"length": 8, "size": (48, 64)}
+SMALL = {
+    "dataset": "synthetic",
+    "model": "hrnet_v1",
+    "batch_size": 2,
+    "crop_size": (48, 64),
+    "workers": 0,
+    "eval_batch_size": 4,
+    "progress_bar": False,
+    "dataset_options": SYNTHETIC,
+}
+
+
+def _run_example(script: str, output: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, str(ROOT / "examples" / script), "--dataset", "synthetic", "--model", "hrnet_v1",
+        "--iters", "2", "--batch-size", "2", "--crop-size", "48", "64", "--workers", "0",
+        "--synthetic-length", "8", "--output", str(output), "--no-progress-bar", *extra,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+@pytest.mark.parametrize("script", ["train_cityscapes.py", "train_voc.py"])
+def test_example_trains_two_iterations_and_evaluates(tmp_path, script):
+    result = _run_example(script, tmp_path, "--method", "dropclass")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| mIoU |" in result.stdout
+    log = (tmp_path / "log.csv").read_text().splitlines()
+    assert log[0].startswith("iteration,epoch,progress,lr,loss,ce,ce_drop,sup")
+    assert [row.split(",")[0] for row in log[1:]] == ["1", "2"]
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["iteration"] == 2
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "model.pt").is_file()
+
+
+def _final_state(output: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(output / "checkpoint.pt")["model"]
+
+
+@pytest.mark.parametrize("method", ["baseline", "dropclass"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, method):
+    common = {**SMALL, "method": method, "iters": 5, "checkpoint_every": 2}
+    straight = train(TrainConfig(**common, output=str(tmp_path / "straight")))
+    assert straight.iteration == 5
+    # pre-empted after 3 iterations: the last checkpoint is from iteration 2 ...
+    stopped = train(TrainConfig(**common, output=str(tmp_path / "resumed"), stop_after=3))
+    assert stopped.iteration == 3 and stopped.iou is None
+    # ... and a kill loses what came after it: put the iteration-2 checkpoint back
+    state = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert state["iteration"] == 3
+    train(TrainConfig(**common, output=str(tmp_path / "two"), stop_after=2))
+    os.replace(tmp_path / "two" / "checkpoint.pt", tmp_path / "resumed" / "checkpoint.pt")
+    resumed = train(TrainConfig(**common, output=str(tmp_path / "resumed"), resume="auto"))
+    assert resumed.iteration == 5
+    a, b = _final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+    torch.testing.assert_close(straight.iou, resumed.iou, rtol=0, atol=0, equal_nan=True)
+    rows = (tmp_path / "resumed" / "log.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2", "3", "4", "5"]
+    straight_rows = (tmp_path / "straight" / "log.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:8] for r in rows] == [r.split(",")[:8] for r in straight_rows]
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    train(TrainConfig(**SMALL, method="baseline", iters=2, output=str(tmp_path)))
+    with pytest.raises(ValueError, match="method='baseline'"):
+        train(TrainConfig(**SMALL, method="dropclass", iters=2, output=str(tmp_path), resume="auto"))
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        missing = str(tmp_path / "nothing.pt")
+        train(TrainConfig(**SMALL, method="baseline", iters=2, output=str(tmp_path), resume=missing))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, output: str) -> None:
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world_size),
+         "LOCAL_RANK": str(rank)}
+    )
+    torch.set_num_threads(1)
+    result = train(TrainConfig(**SMALL, method="dropclass", iters=3, output=output))
+    torch.save({"iou": result.iou, "model": result.model.state_dict()}, Path(output) / f"rank{rank}.pt")
+
+
+def test_ddp_two_processes_with_gloo(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
+    assert checkpoint["config"]["method"] == "dropclass"
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    # the confusion matrix is summed over both ranks: both report the same IoU
+    assert torch.allclose(ranks[0]["iou"], ranks[1]["iou"], equal_nan=True)
+    # DDP averaged the gradients of two different shards: both replicas hold the same weights
+    # (BatchNorm running statistics stay per rank on CPU, where there is no SyncBatchNorm)
+    for key, value in ranks[0]["model"].items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and "running" not in key:
+            assert torch.equal(value, ranks[1]["model"][key]), key
+    rows = (tmp_path / "log.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2", "3"]

@@ -1,0 +1,172 @@
+"""The training engine's parts: recipes, schedule, sampler, checkpoints, log, metrics."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from dropclass_fast.metrics import ConfusionMatrix, format_iou_table, mean_iou
+from dropclass_fast.train import ResumableSampler, TrainConfig, load_checkpoint, poly_lr, save_atomic
+from dropclass_fast.train.config import build_parser, config_from_args
+from dropclass_fast.train.logger import CsvLog
+
+
+def test_recipe_defaults_follow_table_e3_and_the_linear_scaling_rule():
+    hrnet = TrainConfig(dataset="cityscapes", model="hrnet_v2", method="baseline")
+    assert hrnet.per_process_batch() == 12
+    assert hrnet.learning_rate(world_size=4) == pytest.approx(0.04)
+    assert hrnet.learning_rate(world_size=1) == pytest.approx(0.01)
+    assert hrnet.num_epochs() == 484
+    assert TrainConfig(dataset="cityscapes", model="hrnet_v2", method="dropclass").num_epochs() == 968
+    deeplab = TrainConfig(dataset="voc", model="deeplabv3", method="dropclass", batch_size=6)
+    assert deeplab.learning_rate(world_size=2) == pytest.approx(0.012 * 12 / 48)
+    assert deeplab.num_epochs() == 400
+    assert deeplab.crop() == (480, 480)
+    assert TrainConfig(dataset="voc", model="hrnet_v1", lr=0.5).learning_rate(world_size=8) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dataset": "ade20k"}, "no recipe for dataset 'ade20k'"),
+        ({"model": "resnet"}, "model 'resnet'"),
+        ({"method": "mixup"}, "method must be one of"),
+        ({"amp": "fp8"}, "amp must be one of"),
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"iters": -3}, "iters must be at least 1, got -3"),
+        ({"lr": float("nan")}, "lr must be a positive number"),
+        ({"crop_size": (0, 64)}, "crop_size must be two positive integers"),
+        ({"workers": -1}, "workers must be at least 0"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_command_line_builds_the_config():
+    args = build_parser(("voc", "synthetic"), "x").parse_args(
+        ["--model", "deeplabv3", "--method", "baseline", "--iters", "7", "--crop-size", "64", "96",
+         "--amp", "bf16", "--no-background", "--resume"]
+    )
+    config = config_from_args(args)
+    assert (config.dataset, config.model, config.method, config.iters) == ("voc", "deeplabv3", "baseline", 7)
+    assert config.crop() == (64, 96) and config.amp == "bf16" and config.resume == "auto"
+    assert config.dataset_options == {"no_background": True, "sbd": False}
+
+
+def test_poly_lr_matches_the_formula():
+    assert poly_lr(0.01, 0, 100) == 0.01
+    assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(0.01, 100, 100) == 0.0
+
+
+def test_sampler_shards_disjointly_and_resumes_mid_epoch():
+    shards = []
+    for rank in range(3):
+        sampler = ResumableSampler(20, batch_size=2, num_replicas=3, rank=rank, seed=5)
+        sampler.set_epoch(1)
+        shards.append(list(sampler))
+    assert [len(s) for s in shards] == [6, 6, 6]  # 20 // (2 * 3) = 3 global batches
+    flat = [i for s in shards for i in s]
+    assert len(set(flat)) == 18 and set(flat) <= set(range(20))
+    again = ResumableSampler(20, batch_size=2, num_replicas=3, rank=1, seed=5)
+    again.set_epoch(1, skip=4)
+    assert list(again) == shards[1][4:]
+    again.set_epoch(2)
+    assert list(again) != shards[1]  # a new epoch, a new order
+    ordered = ResumableSampler(7, batch_size=3, shuffle=False)
+    assert list(ordered) == [0, 1, 2, 3, 4, 5]
+
+
+def test_sampler_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="smaller than one global batch"):
+        ResumableSampler(5, batch_size=4, num_replicas=2, rank=0)
+    with pytest.raises(ValueError, match="rank must be in"):
+        ResumableSampler(50, batch_size=4, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="skip must be in"):
+        ResumableSampler(50, batch_size=4).set_epoch(0, skip=49)
+
+
+def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "ckpt" / "checkpoint.pt"
+    save_atomic({"model": {"w": torch.ones(2)}, "iteration": 3}, path)
+    assert load_checkpoint(path)["iteration"] == 3
+    with pytest.raises(Exception):  # noqa: B017 - whatever pickle raises for a lambda
+        save_atomic({"model": {}, "iteration": 4, "bad": lambda: None}, path)
+    assert load_checkpoint(path)["iteration"] == 3
+    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt is not a training checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_csv_log_drops_rows_after_the_resumed_iteration(tmp_path):
+    log = CsvLog(tmp_path / "log.csv")
+    for i in range(1, 6):
+        log.write({"iteration": i, "loss": 1.0 / i})
+    CsvLog(tmp_path / "log.csv", resume_from=3).write({"iteration": 4, "loss": 9.0})
+    with (tmp_path / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["loss"]) == 9.0
+
+
+def test_confusion_matrix_by_hand():
+    cm = ConfusionMatrix(4, ignore_index=255)
+    cm.update(torch.tensor([[0, 1], [1, 2]]), torch.tensor([[0, 1], [2, 255]]))
+    cm.update(torch.tensor([0, 0]), torch.tensor([0, 2]))
+    expected = torch.zeros(4, 4, dtype=torch.int64)
+    expected[0, 0], expected[1, 1], expected[2, 1], expected[2, 0] = 2, 1, 1, 1
+    assert torch.equal(cm.matrix, expected)
+    iou = cm.iou()
+    # class 0: TP 2, FP 1 (label 2 predicted 0), FN 0 -> 2/3; class 1: TP 1, FP 1 -> 1/2;
+    # class 2: TP 0, FN 2 -> 0; class 3: absent from labels and predictions -> NaN
+    assert iou[:3].tolist() == pytest.approx([2 / 3, 1 / 2, 0.0])
+    assert torch.isnan(iou[3])
+    assert mean_iou(iou) == pytest.approx((2 / 3 + 1 / 2) / 3)
+    assert cm.pixel_accuracy() == pytest.approx(3 / 5)
+
+
+def test_confusion_matrix_matches_numpy_on_random_data():
+    rng = np.random.default_rng(0)
+    k = 7
+    target = rng.integers(0, k, size=(3, 20, 30))
+    target[rng.random(target.shape) < 0.1] = 255
+    pred = rng.integers(0, k, size=target.shape)
+    cm = ConfusionMatrix(k)
+    cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+    valid = target != 255
+    expected = np.zeros((k, k), dtype=np.int64)
+    np.add.at(expected, (target[valid], pred[valid]), 1)
+    assert np.array_equal(cm.matrix.numpy(), expected)
+    tp = np.diag(expected)
+    assert np.allclose(cm.iou().numpy(), tp / (expected.sum(0) + expected.sum(1) - tp))
+
+
+def test_confusion_matrix_rejects_bad_input():
+    cm = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match=r"target \[5\]"):
+        cm.update(torch.tensor([0, 1]), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="same shape"):
+        cm.update(torch.tensor([0, 1]), torch.tensor([0]))
+    with pytest.raises(TypeError, match="integer tensors"):
+        cm.update(torch.tensor([0.0]), torch.tensor([0]))
+
+
+def test_iou_table_has_one_row_per_class_and_the_delta():
+    ious = {"baseline": torch.tensor([0.5, 0.25]), "dropclass": torch.tensor([0.6, 0.2])}
+    table = format_iou_table(("road", "car"), ious)
+    lines = table.splitlines()
+    assert lines[0] == "| class | baseline | dropclass | delta |"
+    assert lines[2] == "| road | 50.0 | 60.0 | +10.0 |"
+    assert lines[3] == "| car | 25.0 | 20.0 | -5.0 |"
+    assert lines[4] == "| mIoU | 37.5 | 40.0 | +2.5 |"
