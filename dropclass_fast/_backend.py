@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import warnings
+from pathlib import Path
 
 import torch
 
 from . import _extension
 
 BACKENDS = ("auto", "triton", "cuda", "cpp", "eager")
-_UNAVAILABLE = ("triton", "cuda")  # GPU backends: not part of this build yet
+TABLE_PATH = Path(__file__).resolve().parent / "backend_table.json"
 
 _current = "auto"
+_deterministic = False
 _warned: set[str] = set()
 
 
@@ -21,36 +25,51 @@ def get_backend() -> str:
 
 
 class set_backend:  # noqa: N801 - used as a function, like torch.set_grad_enabled
-    """Choose the implementation of the DropClass ops: ``"auto"``, ``"cpp"``, ``"eager"``, ...
+    """Choose the implementation of the DropClass ops: ``"auto"``, ``"triton"``, ``"cuda"``, ``"cpp"``, ``"eager"``.
 
     Works as a plain call (the choice stays until changed) and as a context
     manager (the previous choice comes back on exit)::
 
         dropclass_fast.set_backend("eager")
-        with dropclass_fast.set_backend("cpp"):
+        with dropclass_fast.set_backend("triton", deterministic=True):
             loss = dcf.seg_cross_entropy(logits, target)
 
-    ``"auto"`` uses the C++ kernels for CPU tensors and falls back to the eager
-    reference, with one warning, when they cannot be built or loaded.
-    ``"eager"`` forces :mod:`dropclass_fast.reference`. ``"cpp"`` forces the
-    C++ kernels and raises if they are unavailable. ``"triton"`` and
-    ``"cuda"`` are reserved for the GPU backends and raise when used.
-    Under ``torch.compile`` the backend is read once, when a function is traced.
+    * ``"auto"``: C++ kernels for CPU tensors; for CUDA tensors the backend
+      measured fastest on this GPU (``backend_table.json``), else Triton, else
+      the CUDA kernels. Falls back to the eager reference, with one warning,
+      when none of them is available.
+    * ``"triton"``: the Triton kernels, for CUDA tensors, and for CPU tensors
+      when ``TRITON_INTERPRET=1`` was set before first use (the interpreter:
+      for tests, not speed). Float64 inputs run on the eager reference.
+    * ``"cuda"``: the CUDA kernels of the compiled extension (CUDA tensors).
+    * ``"cpp"``: the C++ CPU kernels (CPU tensors).
+    * ``"eager"``: :mod:`dropclass_fast.reference`.
+
+    A backend that cannot run raises RuntimeError when an op is called.
+    ``deterministic=True`` makes the Triton kernels use fixed block sizes
+    instead of measured ones, so results are bit-identical run to run;
+    ``torch.use_deterministic_algorithms(True)`` does the same. ``None``
+    keeps the current setting. Under ``torch.compile`` both are read once,
+    when a function is traced.
     """
 
-    def __init__(self, name: str) -> None:
-        global _current
+    def __init__(self, name: str, deterministic: bool | None = None) -> None:
+        global _current, _deterministic
         if name not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-        self._previous = _current
+        if deterministic is not None and not isinstance(deterministic, bool):
+            raise TypeError(f"deterministic must be a bool or None, got {deterministic!r}")
+        self._previous = (_current, _deterministic)
         _current = name
+        if deterministic is not None:
+            _deterministic = deterministic
 
     def __enter__(self) -> set_backend:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        global _current
-        _current = self._previous
+        global _current, _deterministic
+        _current, _deterministic = self._previous
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -60,15 +79,78 @@ def _warn_once(key: str, message: str) -> None:
 
 
 @torch.compiler.assume_constant_result
-def resolve(device_type: str) -> str:
-    """The implementation to run for tensors on ``device_type``: ``"cpp"`` or ``"eager"``."""
+def deterministic() -> bool:
+    """Whether the Triton kernels must give bit-identical results run to run (fixed block sizes)."""
+    return _deterministic or torch.are_deterministic_algorithms_enabled()
+
+
+def _triton_unavailable(device_type: str) -> str | None:
+    """Why the Triton kernels cannot run on ``device_type`` tensors, or None when they can."""
+    try:
+        from . import triton as triton_backend
+    except ImportError as exc:
+        return f"triton cannot be imported ({exc})"
+    if device_type == "cuda":
+        return None
+    if device_type == "cpu":
+        if triton_backend.INTERPRET:
+            return None
+        return "CPU tensors need TRITON_INTERPRET=1 in the environment before dropclass_fast.triton is imported"
+    return f"no Triton kernels for {device_type!r} tensors"
+
+
+def _cuda_unavailable(device_type: str) -> str | None:
+    """Why the CUDA kernels cannot run on ``device_type`` tensors, or None when they can."""
+    if device_type != "cuda":
+        return f"the CUDA kernels run on CUDA tensors, got tensors on {device_type!r}"
+    if not _extension.load():
+        return f"the compiled extension is unavailable ({_extension.error()})"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("dropclass_fast::seg_cross_entropy", "CUDA"):
+        return "the extension was built without CUDA kernels"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def measured_table() -> dict[str, dict[str, str]]:
+    """``backend_table.json``: GPU name -> op name -> fastest backend measured there (empty if absent)."""
+    if not TABLE_PATH.is_file():
+        return {}
+    return json.loads(TABLE_PATH.read_text())["devices"]
+
+
+def _resolve_cuda_auto(op: str) -> str:
+    measured = measured_table().get(torch.cuda.get_device_name(), {}).get(op)
+    unavailable = {"triton": _triton_unavailable, "cuda": _cuda_unavailable}
+    if measured in unavailable and unavailable[measured]("cuda") is None:
+        return measured
+    for name in ("triton", "cuda"):
+        if unavailable[name]("cuda") is None:
+            return name
+    _warn_once(
+        "cuda",
+        f"dropclass_fast: no fused kernels for CUDA tensors (Triton: {_triton_unavailable('cuda')}; "
+        f"CUDA: {_cuda_unavailable('cuda')}); using the eager reference",
+    )
+    return "eager"
+
+
+@torch.compiler.assume_constant_result
+def resolve(device_type: str, op: str = "") -> str:
+    """The implementation to run ``op`` with for tensors on ``device_type``: ``"triton"``, ``"cuda"``, ``"cpp"`` or
+    ``"eager"``. Raises RuntimeError (ValueError for a device the backend never runs on) if the chosen one can't."""
     name = _current
     if name == "eager":
         return "eager"
-    if name in _UNAVAILABLE:
-        raise RuntimeError(
-            f"backend {name!r} is not available in this build of dropclass_fast; use 'auto', 'cpp' or 'eager'"
-        )
+    if name == "triton":
+        reason = _triton_unavailable(device_type)
+        if reason is not None:
+            raise RuntimeError(f"backend 'triton' is not available: {reason}")
+        return "triton"
+    if name == "cuda":
+        reason = _cuda_unavailable(device_type)
+        if reason is not None:
+            raise RuntimeError(f"backend 'cuda' is not available: {reason}")
+        return "cuda"
     if name == "cpp":
         if device_type != "cpu":
             raise ValueError(f"backend 'cpp' runs on CPU tensors, got tensors on {device_type!r}")
@@ -83,5 +165,7 @@ def resolve(device_type: str) -> str:
             f"dropclass_fast: C++ kernels unavailable ({_extension.error()}); using the eager reference",
         )
         return "eager"
+    if device_type == "cuda":
+        return _resolve_cuda_auto(op)
     _warn_once(device_type, f"dropclass_fast: no fused kernels for {device_type!r} tensors; using the eager reference")
     return "eager"

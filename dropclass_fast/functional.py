@@ -7,8 +7,10 @@ well as float64. ``keep`` is ``[K]`` (one mask for the batch) or ``[B, K]``
 
 Shape, dtype and device errors are raised here. Value errors (labels outside
 ``[0, K)`` that are not the ignore index, keep masks that are not 0/1 or that
-drop every class) are raised by the C++ kernels during their pass, and by a
+drop every class) are raised by the C++ kernels during their pass, by the
+Triton ops from flags their kernels set (one host sync per call), and by a
 check before the eager reference (skipped while ``torch.compile`` traces).
+The Triton backend runs float64 inputs on the eager reference.
 """
 
 from __future__ import annotations
@@ -115,9 +117,19 @@ def check_alpha(alpha: object) -> float:
     return float(alpha)
 
 
-def _use_eager(device: torch.device) -> bool:
-    """Whether to run the eager reference; when so, the caller checks values first."""
-    return _backend.resolve(device.type) == "eager"
+def _implementation(op: str, tensor: torch.Tensor) -> str:
+    """``"eager"`` (the caller checks values first), ``"triton"`` or ``"compiled"`` (the ``_ops`` kernels: C++ on
+    CPU, CUDA on GPU) for ``op`` on ``tensor``'s device and dtype."""
+    name = _backend.resolve(tensor.device.type, op)
+    if name == "eager" or (name == "triton" and tensor.dtype == torch.float64):
+        return "eager"
+    return "triton" if name == "triton" else "compiled"
+
+
+def _triton():
+    from . import triton as triton_backend
+
+    return triton_backend
 
 
 def _checking_values() -> bool:
@@ -170,12 +182,16 @@ def channel_mask(features: torch.Tensor, weight: torch.Tensor, keep: torch.Tenso
     weight = _check_weight(weight, features.shape[1])
     _require_same_device("weight", weight, "features", features)
     keep = _check_keep(keep, features.shape[0], weight.shape[0], features, "features")
-    if _use_eager(features.device):
+    implementation = _implementation("channel_mask", features)
+    if implementation == "eager":
         if _checking_values():
             _check_keep_values(keep)
         return reference.channel_mask(features, weight, keep)
     taps = weight.reshape(weight.shape[0], weight.shape[1], -1)
-    return _ops.channel_mask(features, taps, _keep_as_rows(keep, features.dtype))
+    rows = _keep_as_rows(keep, features.dtype)
+    if implementation == "triton":
+        return _triton().channel_mask(features, taps, rows, _backend.deterministic())
+    return _ops.channel_mask(features, taps, rows)
 
 
 def seg_cross_entropy(
@@ -203,13 +219,18 @@ def seg_cross_entropy(
     num_classes = logits.shape[1]
     if keep is not None:
         keep = _check_keep(keep, logits.shape[0], num_classes, logits, "logits")
-    if _use_eager(logits.device):
+    implementation = _implementation("seg_cross_entropy", logits)
+    if implementation == "eager":
         if _checking_values():
             _check_label_values(target, num_classes, ignore_index)
             if keep is not None:
                 _check_keep_values(keep)
         return reference.seg_cross_entropy(logits, target, keep, ignore_index, align_corners)
     rows = None if keep is None else _keep_as_rows(keep, logits.dtype)
+    if implementation == "triton":
+        return _triton().seg_cross_entropy(
+            logits, target, rows, int(ignore_index), bool(align_corners), _backend.deterministic()
+        )
     return _ops.seg_cross_entropy(logits, target, rows, int(ignore_index), bool(align_corners))
 
 
@@ -225,11 +246,15 @@ def dropped_class_prob(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor
     """
     logits = _require_floating("logits", logits, (4,), "[B, K, h, w]")
     keep = _check_keep(keep, logits.shape[0], logits.shape[1], logits, "logits")
-    if _use_eager(logits.device):
+    implementation = _implementation("dropped_class_prob", logits)
+    if implementation == "eager":
         if _checking_values():
             _check_keep_values(keep)
         return reference.dropped_class_prob(logits, keep)
-    return _ops.dropped_class_prob(logits, _keep_as_rows(keep, logits.dtype))
+    rows = _keep_as_rows(keep, logits.dtype)
+    if implementation == "triton":
+        return _triton().dropped_class_prob(logits, rows, _backend.deterministic())
+    return _ops.dropped_class_prob(logits, rows)
 
 
 def dropclass_loss(
@@ -255,6 +280,10 @@ def dropclass_loss(
     Returns:
         ``(total, parts)`` with ``parts = {"ce", "ce_drop", "sup"}`` the weighted
         terms, which add up to ``total`` (0-dim float32 tensors).
+
+    With the Triton backend the three terms come from one fused op: one pass
+    over ``logits`` and one over ``drop_logits`` that yields both its
+    cross-entropy and ``L_sup``.
     """
     check_progress(progress)
     check_alpha(alpha)
@@ -265,6 +294,15 @@ def dropclass_loss(
             f"drop_logits must have the batch and class sizes of logits {tuple(logits.shape)}, "
             f"got {tuple(drop_logits.shape)}"
         )
+    target = _check_target(target, logits)
+    _require_same_device("drop_logits", drop_logits, "logits", logits)
+    if logits.dtype == drop_logits.dtype and _implementation("dropclass_loss", logits) == "triton":
+        keep = _check_keep(keep, logits.shape[0], logits.shape[1], logits, "logits")
+        terms = _triton().dropclass_loss_terms(
+            logits, drop_logits, target, _keep_as_rows(keep, logits.dtype), int(ignore_index), bool(align_corners),
+            _backend.deterministic(),
+        )  # fmt: skip
+        return reference.combine_loss_terms(*terms, progress, alpha)
     return reference.combine_loss_terms(
         seg_cross_entropy(logits, target, None, ignore_index, align_corners),
         seg_cross_entropy(drop_logits, target, keep, ignore_index, align_corners),

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter; it must be chosen before
+    # dropclass_fast.triton (which defines the kernels) is first imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import dropclass_fast
 from dropclass_fast import _extension

@@ -1,0 +1,318 @@
+"""The Triton kernels against the eager reference, on CPU through Triton's interpreter (small shapes).
+
+``tests/conftest.py`` sets TRITON_INTERPRET=1 when no CUDA device exists, before the kernels are defined; with a GPU
+the same tests run the compiled kernels on CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dropclass_fast
+from dropclass_fast import functional as dcf
+from dropclass_fast import reference
+
+triton = pytest.importorskip("triton")
+triton_backend = pytest.importorskip("dropclass_fast.triton")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and not triton_backend.INTERPRET:
+    pytest.skip("no CUDA device and TRITON_INTERPRET=1 was not set before import", allow_module_level=True)
+
+# logits (B, K, h, w) -> labels (H, W): non-integer factors both ways, several bands and column tiles, identity, and
+# downsampling (source pixels no output touches).
+UPSAMPLE = (2, 5, (7, 9), (20, 30))
+SHAPES = [
+    UPSAMPLE,
+    (1, 3, (21, 13), (50, 150)),
+    (2, 4, (6, 6), (6, 6)),
+    (2, 4, (9, 11), (5, 7)),
+]
+HALF_RTOL = {torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def make_keep(mode: str, batch: int, num_classes: int) -> torch.Tensor | None:
+    if mode == "none":
+        return None
+    if mode == "batch":
+        keep = torch.ones(num_classes)
+        keep[1] = 0
+        return keep.to(DEVICE)
+    keep = (torch.rand(batch, num_classes) > 0.4).float()
+    keep[:, 0] = 1
+    return keep.to(DEVICE)
+
+
+def make_target(batch: int, num_classes: int, size: tuple[int, int], dtype=torch.int64) -> torch.Tensor:
+    target = torch.randint(0, num_classes, (batch, *size))
+    target[torch.rand(batch, *size) < 0.1] = 255
+    return target.to(dtype).to(DEVICE)
+
+
+def make_logits(batch, num_classes, size, dtype=torch.float32, channels_last=False) -> torch.Tensor:
+    logits = (torch.randn(batch, num_classes, *size) * 3).to(dtype).to(DEVICE)
+    return logits.contiguous(memory_format=torch.channels_last) if channels_last else logits
+
+
+def run(fn_name: str, backend: str, *tensors, **kwargs):
+    """``(output, grads of the logits)``; the reference sees half-precision inputs as float32."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None and t.dim() == 4 else t for t in tensors]
+    if backend == "triton":
+        with dropclass_fast.set_backend("triton"):
+            out = getattr(dcf, fn_name)(*leaves, **kwargs)
+    else:
+        upcast = [x.float() if x is not None and x.dtype in HALF_RTOL else x for x in leaves]
+        out = getattr(reference, fn_name)(*upcast, **kwargs)
+    total = out[0] if isinstance(out, tuple) else out
+    total.backward()
+    return out, [x.grad for x in leaves if x is not None and x.requires_grad]
+
+
+def assert_grad_close(got: torch.Tensor, want: torch.Tensor, rtol: float = 1e-5) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape
+    scale = want.float().abs().max().item()
+    torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=rtol * max(scale, 1e-12))
+
+
+def test_offset_helper_multiplies_in_int64():
+    """The kernels address through ``offset64``; a product past 2**31 must not wrap."""
+
+    @triton.jit
+    def kernel(out_ptr, stride):
+        index = tl.full((), 3 << 20, tl.int32)
+        tl.store(out_ptr, triton_backend._common.offset64(index, stride))
+
+    tl = triton.language
+    out = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    kernel[(1,)](out, 1 << 12)
+    assert out.item() == 3 << 32
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}K{s[1]}_{s[2][0]}x{s[2][1]}to{s[3][0]}x{s[3][1]}")
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("keep_mode", ["none", "batch", "sample"])
+def test_seg_cross_entropy_float32(shape, align_corners, keep_mode):
+    batch, num_classes, low, high = shape
+    logits = make_logits(batch, num_classes, low)
+    target = make_target(batch, num_classes, high)
+    keep = make_keep(keep_mode, batch, num_classes)
+    got, got_grads = run("seg_cross_entropy", "triton", logits, target, keep, align_corners=align_corners)
+    want, want_grads = run("seg_cross_entropy", "eager", logits, target, keep, align_corners=align_corners)
+    assert got.dtype == torch.float32 and got.dim() == 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert_grad_close(got_grads[0], want_grads[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_seg_cross_entropy_dtypes_and_layouts(dtype, channels_last):
+    batch, num_classes, low, high = UPSAMPLE
+    logits = make_logits(batch, num_classes, low, dtype, channels_last)
+    target = make_target(batch, num_classes, high)
+    keep = make_keep("sample", batch, num_classes)
+    got, got_grads = run("seg_cross_entropy", "triton", logits, target, keep)
+    want, want_grads = run("seg_cross_entropy", "eager", logits, target, keep)
+    assert got.dtype == torch.float32 and got_grads[0].dtype == dtype
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert_grad_close(got_grads[0], want_grads[0].to(dtype), HALF_RTOL.get(dtype, 1e-5))
+
+
+@pytest.mark.parametrize(
+    "label_dtype, ignore", [(torch.int64, 255), (torch.int32, -1), (torch.uint8, 255), (torch.int8, -1)]
+)
+def test_seg_cross_entropy_any_integer_labels(label_dtype, ignore):
+    logits = make_logits(2, 5, (6, 7))
+    target = torch.randint(0, 5, (2, 15, 17))
+    target[:, :3] = ignore
+    target = target.to(DEVICE)
+    want = reference.seg_cross_entropy(logits, target, ignore_index=ignore)
+    with dropclass_fast.set_backend("triton"):
+        got = dcf.seg_cross_entropy(logits, target.to(label_dtype), ignore_index=ignore)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_strided_labels():
+    logits = make_logits(2, 5, (6, 7))
+    target = make_target(2, 5, (34, 15)).transpose(1, 2)  # [2, 15, 34], not contiguous
+    want = reference.seg_cross_entropy(logits, target)
+    with dropclass_fast.set_backend("triton"):
+        got = dcf.seg_cross_entropy(logits, target)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_all_ignored_gives_zero_loss_and_gradient():
+    logits = make_logits(2, 4, (5, 5)).requires_grad_()
+    target = torch.full((2, 13, 13), 255, device=DEVICE)
+    target[0, 0, 0] = 2
+    keep = torch.tensor([1.0, 1.0, 0.0, 1.0], device=DEVICE)  # the only labelled pixel belongs to a dropped class
+    with dropclass_fast.set_backend("triton"):
+        loss = dcf.seg_cross_entropy(logits, target, keep)
+        loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+@pytest.mark.parametrize("keep_mode", ["batch", "sample"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_dropped_class_prob(keep_mode, dtype, channels_last):
+    logits = make_logits(2, 5, (7, 9), dtype, channels_last)
+    keep = make_keep(keep_mode, 2, 5)
+    got, got_grads = run("dropped_class_prob", "triton", logits, keep)
+    want, want_grads = run("dropped_class_prob", "eager", logits, keep)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert_grad_close(got_grads[0], want_grads[0].to(dtype), HALF_RTOL.get(dtype, 1e-5))
+
+
+def test_dropped_class_prob_nothing_dropped_is_zero():
+    logits = make_logits(2, 5, (3, 4)).requires_grad_()
+    with dropclass_fast.set_backend("triton"):
+        loss = dcf.dropped_class_prob(logits, torch.ones(5, dtype=torch.bool, device=DEVICE))
+        loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+@pytest.mark.parametrize("keep_mode", ["batch", "sample"])
+@pytest.mark.parametrize("weight_shape", [(5, 6), (5, 6, 1, 1), (5, 6, 3, 3)], ids=["KC", "1x1", "3x3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_channel_mask(keep_mode, weight_shape, dtype, channels_last):
+    features = make_logits(2, 6, (5, 7), dtype, channels_last)
+    weight = torch.randn(weight_shape, device=DEVICE)
+    keep = make_keep(keep_mode, 2, 5)
+    grad_out = torch.randn(features.shape, device=DEVICE)
+    got_leaves = [features.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()]
+    with dropclass_fast.set_backend("triton"):
+        got = dcf.channel_mask(*got_leaves, keep)
+    got.backward(grad_out.to(dtype))
+    want_leaves = [features.detach().float().requires_grad_(), weight.detach().clone().requires_grad_()]
+    want = reference.channel_mask(*want_leaves, keep)
+    want.backward(grad_out.to(dtype).float())
+    rtol = HALF_RTOL.get(dtype, 1e-5)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert got.dtype == dtype and got.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(got.float(), want, rtol=rtol, atol=rtol)
+    assert_grad_close(got_leaves[0].grad, want_leaves[0].grad.to(dtype), rtol)
+    assert_grad_close(got_leaves[1].grad, want_leaves[1].grad, rtol)
+
+
+@pytest.mark.parametrize("shape", [UPSAMPLE, SHAPES[3]], ids=["upsample", "downsample"])
+@pytest.mark.parametrize("keep_mode", ["batch", "sample"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropclass_loss_fused(shape, keep_mode, dtype):
+    batch, num_classes, low, high = shape
+    logits = make_logits(batch, num_classes, low, dtype)
+    drop_logits = make_logits(batch, num_classes, low, dtype, channels_last=True)
+    target = make_target(batch, num_classes, high)
+    keep = make_keep(keep_mode, batch, num_classes)
+    args = (logits, drop_logits, target, keep)
+    (got, got_parts), got_grads = run("dropclass_loss", "triton", *args, progress=0.3)
+    (want, want_parts), want_grads = run("dropclass_loss", "eager", *args, progress=0.3)
+    for name in ("ce", "ce_drop", "sup"):
+        torch.testing.assert_close(got_parts[name], want_parts[name], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(got_grads, want_grads):
+        assert_grad_close(g, w.to(dtype), HALF_RTOL.get(dtype, 1e-5))
+
+
+def test_dropclass_loss_backward_through_one_part():
+    """Each part has its own gradient: backward through ``sup`` alone gives the gradient of ``alpha * L_sup``."""
+    logits = make_logits(2, 5, (7, 9))
+    drop_logits = make_logits(2, 5, (7, 9)).requires_grad_()
+    target = make_target(2, 5, (20, 30))
+    keep = make_keep("batch", 2, 5)
+    with dropclass_fast.set_backend("triton"):
+        _, parts = dcf.dropclass_loss(logits, drop_logits, target, keep, 0.3)
+    (got,) = torch.autograd.grad(parts["sup"], drop_logits)
+    (want,) = torch.autograd.grad(10.0 * reference.dropped_class_prob(drop_logits, keep), drop_logits)
+    assert_grad_close(got, want)
+
+
+@pytest.mark.parametrize("bad_label", [5, -3, 254])
+def test_label_out_of_range_is_a_value_error(bad_label):
+    logits = make_logits(2, 5, (4, 4))
+    target = make_target(2, 5, (11, 13))
+    target[1, 3, 4] = bad_label
+    with dropclass_fast.set_backend("triton"):
+        with pytest.raises(ValueError, match=rf"target contains label {bad_label} outside \[0, 5\)"):
+            dcf.seg_cross_entropy(logits, target)
+        with pytest.raises(ValueError, match=rf"target contains label {bad_label} outside \[0, 5\)"):
+            dcf.dropclass_loss(logits, logits, target, torch.ones(5, device=DEVICE), 0.5)
+
+
+@pytest.mark.parametrize(
+    "keep, pattern",
+    [
+        ([1.0, 0.5, 1.0, 1.0, 1.0], "keep must contain only 0 and 1 values, got 0.5"),
+        ([0.0, 0.0, 0.0, 0.0, 0.0], "keep drops every class"),
+    ],
+)
+def test_bad_keep_is_a_value_error(keep, pattern):
+    keep = torch.tensor(keep, device=DEVICE)
+    logits = make_logits(2, 5, (4, 4))
+    target = make_target(2, 5, (8, 8))
+    with dropclass_fast.set_backend("triton"):
+        for call in (
+            lambda: dcf.seg_cross_entropy(logits, target, keep),
+            lambda: dcf.dropped_class_prob(logits, keep),
+            lambda: dcf.channel_mask(torch.randn(2, 3, 4, 4, device=DEVICE), torch.randn(5, 3, device=DEVICE), keep),
+            lambda: dcf.dropclass_loss(logits, logits, target, keep, 0.5),
+        ):
+            with pytest.raises(ValueError, match=pattern):
+                call()
+
+
+def test_deterministic_mode_is_bit_identical():
+    logits = make_logits(2, 5, (7, 9))
+    drop_logits = make_logits(2, 5, (7, 9))
+    target = make_target(2, 5, (20, 30))
+    keep = make_keep("sample", 2, 5)
+    features = make_logits(2, 6, (5, 7))
+    weight = torch.randn(5, 6, device=DEVICE)
+    results = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_() for t in (logits, drop_logits, features, weight)]
+        with dropclass_fast.set_backend("triton", deterministic=True):
+            total, _ = dcf.dropclass_loss(leaves[0], leaves[1], target, keep, 0.4)
+            total = total + dcf.channel_mask(leaves[2], leaves[3], keep).square().mean()
+        total.backward()
+        results.append([total, *(x.grad for x in leaves)])
+    for first, second in zip(*results):
+        assert torch.equal(first, second)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    def step(features, weight, logits, target, keep):
+        masked = dcf.channel_mask(features, weight, keep)
+        total, _ = dcf.dropclass_loss(logits, logits * 0.5, target, keep, progress=0.4)
+        return total + dcf.seg_cross_entropy(logits, target) + masked.square().mean()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)
+    features = make_logits(2, 6, (5, 7))
+    weight = torch.randn(4, 6, 1, 1, device=DEVICE)
+    logits = make_logits(2, 4, (5, 7))
+    target = make_target(2, 4, (19, 27))
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0], device=DEVICE)
+    results = []
+    for fn in (step, compiled):
+        inputs = [t.clone().requires_grad_() for t in (features, weight, logits)]
+        with dropclass_fast.set_backend("triton"):
+            out = fn(*inputs, target, keep)
+        out.backward()
+        results.append((out, [t.grad for t in inputs]))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+
+
+def test_float64_runs_on_the_reference():
+    logits = make_logits(2, 4, (5, 5)).double()
+    target = make_target(2, 4, (9, 9))
+    with dropclass_fast.set_backend("triton"):
+        got = dcf.seg_cross_entropy(logits, target)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, reference.seg_cross_entropy(logits, target))
