@@ -4,9 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CMAKE_BUILD := build/cmake
-SOURCES := setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*.cpp csrc/kernels/*.cpp csrc/kernels/*.h)
+SOURCES := setup.py pyproject.toml requirements-dev.txt \
+	$(wildcard csrc/*.cpp csrc/kernels/*.cpp csrc/kernels/*.h csrc/cuda/*.cpp csrc/kernels/*.cu csrc/kernels/*.cuh)
 
-.PHONY: demo test lint cpp-test bench clean
+.PHONY: demo test lint cpp-test nvcc-check bench clean
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +21,15 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# The CPU kernel tests; the CUDA kernels are compiled by nvcc-check (part of the pytest suite).
 cpp-test:
-	cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release -DDROPCLASS_FAST_CUDA=OFF
 	cmake --build $(CMAKE_BUILD) -j 2
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+# nvcc -c of every CUDA kernel for sm_80 and sm_90, warnings as errors (skipped without nvcc).
+nvcc-check: $(STAMP)
+	$(PY) -m pytest tests/test_cuda_build.py -q
 
 test: $(STAMP) lint cpp-test
 	$(PY) -m pytest tests -q

@@ -1,8 +1,10 @@
 """Build of dropclass_fast.
 
 With torch importable at build time (``pip install --no-build-isolation .``),
-the C++ kernels are compiled into ``dropclass_fast/_C`` against that torch.
-Without it (a plain ``pip install .`` builds in an isolated environment), the
+the C++ kernels are compiled into ``dropclass_fast/_C`` against that torch:
+a ``CUDAExtension`` with the CUDA kernels as well when torch is a CUDA build
+and nvcc is found (sm_80 and sm_90 unless ``TORCH_CUDA_ARCH_LIST`` is set), a
+``CppExtension`` otherwise. Without it (a plain ``pip install .`` builds in an isolated environment), the
 package installs without the binary and JIT-compiles the kernels with ninja on
 first use. Either way ``csrc/`` ships inside the package as ``_csrc``.
 """
@@ -10,6 +12,7 @@ first use. Either way ``csrc/`` ships inside the package as ``_csrc``.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -38,14 +41,29 @@ class BuildPyWithSources(build_py):
         shutil.copytree(ROOT / "csrc", target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("tests"))
 
 
+def _relative(paths: list[str]) -> list[str]:
+    return [str(Path(p).relative_to(ROOT)) for p in paths]
+
+
 def _extensions():
     try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError:
         print("dropclass_fast: torch is not importable here; the C++ kernels will be JIT-compiled on first use")
         return [], {}
-    sources = [str(Path(p).relative_to(ROOT)) for p in _build.cpu_sources(ROOT / "csrc")]
-    extension = CppExtension("dropclass_fast._C", sources=sources, extra_compile_args={"cxx": _build.CXX_FLAGS})
+    sources = _relative(_build.cpu_sources(ROOT / "csrc"))
+    if torch.version.cuda is not None and CUDA_HOME is not None:
+        extension = CUDAExtension(
+            "dropclass_fast._C",
+            sources=sources + _relative(_build.cuda_sources(ROOT / "csrc")),
+            extra_compile_args={
+                "cxx": _build.CXX_FLAGS,
+                "nvcc": _build.nvcc_flags(os.environ.get("TORCH_CUDA_ARCH_LIST")),
+            },
+        )
+    else:
+        extension = CppExtension("dropclass_fast._C", sources=sources, extra_compile_args={"cxx": _build.CXX_FLAGS})
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

@@ -1,7 +1,8 @@
 """Loading the compiled C++ kernels.
 
 ``pip install --no-build-isolation .`` builds ``dropclass_fast/_C*.so`` against
-the installed torch. When the package was installed without it (a plain
+the installed torch (with the CUDA kernels when torch is a CUDA build and nvcc
+is found). When the package was installed without it (a plain
 ``pip install .`` builds in an isolated environment that has no torch), the
 kernels are JIT-compiled with ninja on first use and cached by torch in
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``).
@@ -37,6 +38,11 @@ def _jit_compile() -> None:
     from torch.utils import cpp_extension
 
     root = _build.source_root()
+    sources = _build.cpu_sources(root)
+    cuda_flags: dict[str, list[str]] = {}
+    if torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None:
+        sources += _build.cuda_sources(root)
+        cuda_flags["extra_cuda_cflags"] = _build.nvcc_flags(os.environ.get("TORCH_CUDA_ARCH_LIST"))
     print(
         "dropclass_fast: compiling the C++ kernels (first use only, about a minute)...",
         file=sys.stderr,
@@ -44,10 +50,11 @@ def _jit_compile() -> None:
     )
     cpp_extension.load(
         name=_build.EXTENSION_NAME,
-        sources=_build.cpu_sources(root),
+        sources=sources,
         extra_cflags=_build.CXX_FLAGS,
         is_python_module=False,
         verbose=os.environ.get("DROPCLASS_FAST_VERBOSE_BUILD") == "1",
+        **cuda_flags,
     )
 
 

@@ -1,0 +1,343 @@
+// Torch bindings of the dropclass_fast CUDA kernels.
+//
+// Registers CUDA implementations of the ops that csrc/ops.cpp defines
+// (TORCH_LIBRARY(dropclass_fast)), so that one op name dispatches on the
+// tensors' device; the fake kernels and autograd formulas registered from
+// Python apply to both.  Built only against a CUDA build of torch (setup.py /
+// the JIT loader add this file when torch.version.cuda and nvcc are present).
+//
+// Argument errors raise the same TypeError / ValueError messages as the CPU
+// bindings.  Value errors found by the kernels (labels outside [0, K) that are
+// not ignore_index, keep values other than 0/1, a keep row without a kept
+// class) are written to a device status block and read back once per op,
+// after the kernels are queued: one synchronisation, no device-side assert.
+// CUDA inputs are float32, float16 or bfloat16 (float64 runs on the CPU
+// kernels); losses and gradients are float32.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <optional>
+#include <tuple>
+
+#include "../kernels/cuda_launch.cuh"
+
+namespace dropclass_fast {
+namespace {
+
+namespace kn = ::dropclass_fast::kernels;
+namespace kc = ::dropclass_fast::kernels::cuda;
+
+constexpr unsigned long long kNone = ~0ull;
+
+void check_on_device(const at::Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK_VALUE(t.is_cuda(), "dropclass_fast CUDA kernel: ", name,
+                    " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK_VALUE(t.device() == device, "dropclass_fast CUDA kernel: ", name, " is on ",
+                    t.device(), " but the other inputs are on ", device);
+}
+
+// Element type of a floating input of the CUDA kernels (float64 excluded).
+kn::DType cuda_float_dtype(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() != at::kDouble, name,
+                   " must be float32, float16 or bfloat16 for the CUDA kernels, got Double "
+                   "(float64 runs on the CPU kernels and the eager backend)");
+  switch (t.scalar_type()) {
+    case at::kFloat: return kn::DType::Float32;
+    case at::kHalf: return kn::DType::Float16;
+    case at::kBFloat16: return kn::DType::BFloat16;
+    default: break;
+  }
+  TORCH_CHECK_TYPE(false, name,
+                   " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
+                   t.scalar_type());
+  return kn::DType::Float32;
+}
+
+kn::LabelType label_type(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kByte: return kn::LabelType::UInt8;
+    case at::kChar: return kn::LabelType::Int8;
+    case at::kShort: return kn::LabelType::Int16;
+    case at::kInt: return kn::LabelType::Int32;
+    case at::kLong: return kn::LabelType::Int64;
+    default: break;
+  }
+  TORCH_CHECK_TYPE(false,
+                   "target must be an integer tensor (uint8, int8, int16, int32 or int64), got ",
+                   t.scalar_type());
+  return kn::LabelType::Int64;
+}
+
+cudaStream_t current_stream(const at::Device& device) {
+  return c10::cuda::getCurrentCUDAStream(device.index()).stream();
+}
+
+// The status block of one op call and the tensors its indices refer to.
+struct Status {
+  at::Tensor block;        // sizeof(CudaStatus) bytes on the device
+  at::Tensor keep_values;  // [rows, K] floating keep values (undefined without keep)
+  kc::CudaStatus* device() { return reinterpret_cast<kc::CudaStatus*>(block.data_ptr()); }
+};
+
+Status make_status(const at::Device& device, cudaStream_t stream) {
+  Status s;
+  s.block = at::empty({static_cast<int64_t>(sizeof(kc::CudaStatus))},
+                      at::TensorOptions().device(device).dtype(at::kByte));
+  C10_CUDA_CHECK(kc::cuda_status_reset(s.device(), stream));
+  return s;
+}
+
+// Validates the keep shape (as the CPU bindings do) and queues the value
+// checks; returns the uint8 [rows, K] device mask.
+at::Tensor keep_to_mask(const at::Tensor& keep, int64_t B, int64_t K, const char* ref_name,
+                        const at::Device& device, Status* status, cudaStream_t stream,
+                        int64_t* rows) {
+  check_on_device(keep, "keep", device);
+  TORCH_CHECK_TYPE(keep.is_floating_point() || keep.scalar_type() == at::kBool,
+                   "keep must be a floating-point or bool tensor, got ", keep.scalar_type());
+  TORCH_CHECK_VALUE(keep.dim() == 1 || keep.dim() == 2,
+                    "keep must have shape [K] or [B, K] (K=", K, ", B=", B, "), got ",
+                    keep.sizes());
+  const at::Tensor k2 = keep.dim() == 1 ? keep.unsqueeze(0) : keep;
+  TORCH_CHECK_VALUE(k2.size(1) == K && (k2.size(0) == 1 || k2.size(0) == B),
+                    "keep must have shape [K], [1, K] or [B, K] with K=", K, " and B=", B,
+                    " (from ", ref_name, "), got ", keep.sizes());
+  const bool is_double = k2.scalar_type() == at::kDouble;
+  status->keep_values = (is_double ? k2 : k2.to(at::kFloat)).detach().contiguous();
+  *rows = k2.size(0);
+  at::Tensor mask = at::empty({*rows, K}, at::TensorOptions().device(device).dtype(at::kByte));
+  C10_CUDA_CHECK(kc::keep_mask_cuda(status->keep_values.data_ptr(), is_double, *rows, K,
+                                    mask.data_ptr<uint8_t>(), status->device(), stream));
+  return mask;
+}
+
+// Reads the status block back (the op's one synchronisation) and raises the
+// CPU bindings' errors, keep errors first.
+void raise_status(const Status& status, const at::Tensor* target, int64_t K, int64_t ignore_index) {
+  const at::Tensor host = status.block.to(at::kCPU);
+  kc::CudaStatus st;
+  std::memcpy(&st, host.data_ptr(), sizeof(st));
+  if (st.bad_keep_index != kNone) {
+    const double value =
+        status.keep_values.flatten()[static_cast<int64_t>(st.bad_keep_index)].item<double>();
+    TORCH_CHECK_VALUE(false, "keep must contain only 0 and 1 values, got ", value);
+  }
+  TORCH_CHECK_VALUE(st.empty_keep_row == kNone, "keep drops every class in row ",
+                    static_cast<int64_t>(st.empty_keep_row), "; at least one class must be kept");
+  if (target != nullptr && st.bad_label_index != kNone) {
+    const int64_t value = target->flatten()[static_cast<int64_t>(st.bad_label_index)].item<int64_t>();
+    TORCH_CHECK_VALUE(false, "target contains label ", value, " outside [0, ", K,
+                      ") that is not ignore_index=", ignore_index);
+  }
+}
+
+at::Tensor workspace(size_t bytes, const at::Device& device) {
+  return at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().device(device).dtype(at::kByte));
+}
+
+// ---------------------------------------------------------------------------
+// channel_mask
+// ---------------------------------------------------------------------------
+struct MaskSetup {
+  kn::ChannelMaskArgs args;
+  at::Tensor features;  // NCHW-contiguous or channels-last-contiguous
+  at::Tensor weight;    // [K, C, T] float32 contiguous
+  at::Tensor mask;      // uint8 keep
+  at::MemoryFormat format = at::MemoryFormat::Contiguous;
+  Status status;
+  cudaStream_t stream = nullptr;
+};
+
+MaskSetup setup_channel_mask(const at::Tensor& features, const at::Tensor& weight,
+                             const at::Tensor& keep) {
+  const at::Device device = features.device();
+  check_on_device(features, "features", device);
+  check_on_device(weight, "weight", device);
+  MaskSetup s;
+  s.args.dtype = cuda_float_dtype(features, "features");
+  TORCH_CHECK_TYPE(weight.is_floating_point(),
+                   "weight must be a floating-point tensor (float32, float64, float16 or bfloat16), "
+                   "got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(features.dim() == 4, "features must have shape [B, C, h, w], got ",
+                    features.sizes());
+  TORCH_CHECK_VALUE(weight.dim() >= 2 && weight.dim() <= 4,
+                    "weight must have shape [K, C], [K, C, T] or [K, C, kh, kw], got ",
+                    weight.sizes());
+  const int64_t B = features.size(0), C = features.size(1);
+  const int64_t K = weight.size(0);
+  TORCH_CHECK_VALUE(weight.size(1) == C, "weight has ", weight.size(1),
+                    " input channels but features have C=", C, " (weight ", weight.sizes(),
+                    ", features ", features.sizes(), ")");
+  TORCH_CHECK_VALUE(K > 0, "weight must have at least one class, got ", weight.sizes());
+  const int64_t T = C > 0 ? weight.numel() / (K * C) : 1;
+
+  if (features.is_contiguous()) {
+    s.features = features;
+  } else if (features.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    s.features = features;
+    s.format = at::MemoryFormat::ChannelsLast;
+  } else {
+    s.features = features.contiguous();
+  }
+  s.stream = current_stream(device);
+  s.status = make_status(device, s.stream);
+  s.weight = weight.detach().to(at::kFloat).contiguous().view({K, C, T});
+  s.mask = keep_to_mask(keep, B, K, "features / weight", device, &s.status, s.stream,
+                        &s.args.keep_rows);
+  s.args.channels_last = s.format == at::MemoryFormat::ChannelsLast;
+  s.args.B = B;
+  s.args.C = C;
+  s.args.HW = features.size(2) * features.size(3);
+  s.args.weight = s.weight.data_ptr();
+  s.args.K = K;
+  s.args.T = T;
+  s.args.keep = s.mask.data_ptr<uint8_t>();
+  return s;
+}
+
+at::Tensor channel_mask_cuda(const at::Tensor& features, const at::Tensor& weight,
+                             const at::Tensor& keep) {
+  const c10::cuda::CUDAGuard guard(features.device());
+  MaskSetup s = setup_channel_mask(features, weight, keep);
+  at::Tensor out = at::empty(s.features.sizes(), s.features.options(), s.format);
+  at::Tensor ws = workspace(kc::channel_mask_workspace_bytes(s.args, false), features.device());
+  C10_CUDA_CHECK(kc::channel_mask_forward_cuda(s.args, s.features.data_ptr(), out.data_ptr(),
+                                               ws.data_ptr(), s.stream));
+  raise_status(s.status, nullptr, s.args.K, 0);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> channel_mask_backward_cuda(const at::Tensor& grad_out,
+                                                              const at::Tensor& features,
+                                                              const at::Tensor& weight,
+                                                              const at::Tensor& keep) {
+  const c10::cuda::CUDAGuard guard(features.device());
+  MaskSetup s = setup_channel_mask(features, weight, keep);
+  check_on_device(grad_out, "grad_out", features.device());
+  TORCH_CHECK_VALUE(grad_out.sizes() == features.sizes(), "grad_out must have the shape of ",
+                    "features ", features.sizes(), ", got ", grad_out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == features.scalar_type(), "grad_out must have dtype ",
+                   features.scalar_type(), " (the dtype of features), got ",
+                   grad_out.scalar_type());
+  const at::Tensor go = grad_out.contiguous(s.format);
+  at::Tensor grad_features = at::empty(s.features.sizes(), s.features.options(), s.format);
+  at::Tensor gw = at::empty({s.args.K, s.args.C, s.args.T}, s.weight.options());
+  at::Tensor ws = workspace(kc::channel_mask_workspace_bytes(s.args, true), features.device());
+  C10_CUDA_CHECK(kc::channel_mask_backward_cuda(s.args, go.data_ptr(), s.features.data_ptr(),
+                                                grad_features.data_ptr(), gw.data_ptr<float>(),
+                                                ws.data_ptr(), s.stream));
+  raise_status(s.status, nullptr, s.args.K, 0);
+  at::Tensor grad_weight = gw.view(weight.sizes()).to(weight.scalar_type());
+  return std::make_tuple(grad_features, grad_weight);
+}
+
+// ---------------------------------------------------------------------------
+// seg_cross_entropy
+// ---------------------------------------------------------------------------
+std::tuple<at::Tensor, at::Tensor> seg_cross_entropy_cuda(const at::Tensor& logits_in,
+                                                          const at::Tensor& target_in,
+                                                          const std::optional<at::Tensor>& keep,
+                                                          int64_t ignore_index,
+                                                          bool align_corners,
+                                                          bool compute_grad) {
+  const at::Device device = logits_in.device();
+  const c10::cuda::CUDAGuard guard(device);
+  check_on_device(logits_in, "logits", device);
+  check_on_device(target_in, "target", device);
+  const kn::DType dt = cuda_float_dtype(logits_in, "logits");
+  const kn::LabelType lt = label_type(target_in);
+  TORCH_CHECK_VALUE(logits_in.dim() == 4, "logits must have shape [B, K, h, w], got ",
+                    logits_in.sizes());
+  TORCH_CHECK_VALUE(target_in.dim() == 3, "target must have shape [B, H, W], got ",
+                    target_in.sizes());
+  const int64_t B = logits_in.size(0), K = logits_in.size(1);
+  const int64_t h = logits_in.size(2), w = logits_in.size(3);
+  const int64_t H = target_in.size(1), W = target_in.size(2);
+  TORCH_CHECK_VALUE(target_in.size(0) == B, "target batch size ", target_in.size(0),
+                    " does not match logits batch size ", B, " (target ", target_in.sizes(),
+                    ", logits ", logits_in.sizes(), ")");
+  TORCH_CHECK_VALUE(K > 0, "logits must have at least one class, got ", logits_in.sizes());
+  TORCH_CHECK_VALUE(h > 0 && w > 0, "logits must have non-empty spatial size, got ",
+                    logits_in.sizes());
+
+  const cudaStream_t stream = current_stream(device);
+  Status status = make_status(device, stream);
+  kn::SegCrossEntropyArgs a;
+  at::Tensor mask;
+  if (keep.has_value() && keep->defined()) {
+    mask = keep_to_mask(*keep, B, K, "logits", device, &status, stream, &a.keep_rows);
+    a.keep = mask.data_ptr<uint8_t>();
+  }
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const auto opts = logits.options().dtype(at::kFloat);
+  at::Tensor grad = compute_grad ? at::empty({B, K, h, w}, opts) : at::empty({0}, opts);
+  at::Tensor loss = at::empty({}, opts);
+
+  a.logits = logits.data_ptr();
+  a.dtype = dt;
+  a.target = target.data_ptr();
+  a.label_type = lt;
+  a.B = B; a.K = K; a.h = h; a.w = w; a.H = H; a.W = W;
+  a.ignore_index = ignore_index;
+  a.align_corners = align_corners;
+  a.grad = compute_grad ? grad.data_ptr() : nullptr;
+  at::Tensor ws = workspace(kc::seg_cross_entropy_workspace_bytes(a), device);
+  const cudaError_t err =
+      kc::seg_cross_entropy_cuda(a, loss.data_ptr<float>(), status.device(), ws.data_ptr(), stream);
+  TORCH_CHECK_VALUE(err != cudaErrorInvalidConfiguration, "seg_cross_entropy: K=", K,
+                    " classes need more shared memory per block than this GPU has");
+  C10_CUDA_CHECK(err);
+  raise_status(status, &target, K, ignore_index);
+  return std::make_tuple(loss, grad);
+}
+
+// ---------------------------------------------------------------------------
+// dropped_class_prob
+// ---------------------------------------------------------------------------
+std::tuple<at::Tensor, at::Tensor> dropped_class_prob_cuda(const at::Tensor& logits_in,
+                                                           const at::Tensor& keep,
+                                                           bool compute_grad) {
+  const at::Device device = logits_in.device();
+  const c10::cuda::CUDAGuard guard(device);
+  check_on_device(logits_in, "logits", device);
+  const kn::DType dt = cuda_float_dtype(logits_in, "logits");
+  TORCH_CHECK_VALUE(logits_in.dim() == 4, "logits must have shape [B, K, h, w], got ",
+                    logits_in.sizes());
+  const int64_t B = logits_in.size(0), K = logits_in.size(1);
+  const int64_t h = logits_in.size(2), w = logits_in.size(3);
+  TORCH_CHECK_VALUE(K > 0, "logits must have at least one class, got ", logits_in.sizes());
+
+  const cudaStream_t stream = current_stream(device);
+  Status status = make_status(device, stream);
+  kn::DroppedClassProbArgs a;
+  const at::Tensor mask = keep_to_mask(keep, B, K, "logits", device, &status, stream, &a.keep_rows);
+  const at::Tensor logits = logits_in.contiguous();
+  const auto opts = logits.options().dtype(at::kFloat);
+  at::Tensor grad = compute_grad ? at::empty({B, K, h, w}, opts) : at::empty({0}, opts);
+  at::Tensor loss = at::empty({}, opts);
+  a.logits = logits.data_ptr();
+  a.dtype = dt;
+  a.keep = mask.data_ptr<uint8_t>();
+  a.B = B; a.K = K; a.P = h * w;
+  a.grad = compute_grad ? grad.data_ptr() : nullptr;
+  at::Tensor ws = workspace(kc::dropped_class_prob_workspace_bytes(a), device);
+  C10_CUDA_CHECK(kc::dropped_class_prob_cuda(a, loss.data_ptr<float>(), ws.data_ptr(), stream));
+  raise_status(status, nullptr, K, 0);
+  return std::make_tuple(loss, grad);
+}
+
+}  // namespace
+}  // namespace dropclass_fast
+
+TORCH_LIBRARY_IMPL(dropclass_fast, CUDA, m) {
+  m.impl("channel_mask", &dropclass_fast::channel_mask_cuda);
+  m.impl("channel_mask_backward", &dropclass_fast::channel_mask_backward_cuda);
+  m.impl("seg_cross_entropy", &dropclass_fast::seg_cross_entropy_cuda);
+  m.impl("dropped_class_prob", &dropclass_fast::dropped_class_prob_cuda);
+}

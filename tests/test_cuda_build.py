@@ -1,0 +1,123 @@
+"""The CUDA sources compile without a GPU: ``nvcc -c`` of every kernel for sm_80 and sm_90, warnings as errors.
+
+Also a syntax check of the CUDA torch bindings against the installed torch's
+headers (a CPU build of torch ships the ``c10/cuda`` headers, not their
+generated config, which the check stands in for). Skipped, with the reason,
+where nvcc is not installed. The compilations run in parallel, once per
+session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from dropclass_fast import _build
+
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
+KERNELS = [Path(p) for p in _build.cuda_kernel_sources(CSRC)]
+BINDINGS = sorted((CSRC / "cuda").glob("*.cpp"))
+
+
+def _find_nvcc() -> Path | None:
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").is_file():
+            return Path(home) / "bin" / "nvcc"
+    found = shutil.which("nvcc")
+    return Path(found) if found else None
+
+
+NVCC = _find_nvcc()
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA_HOME, CUDA_PATH, /usr/local/cuda, PATH)")
+
+
+def _kernel_command(source: Path, arch: str, out_dir: Path) -> list[str]:
+    obj = out_dir / f"{source.stem}.sm{arch}.o"
+    flags = [*_build.NVCC_FLAGS, *_build.NVCC_WARNING_FLAGS, *_build.gencode_flags(arch)]
+    return [str(NVCC), "-c", *flags, str(source), "-o", str(obj)]
+
+
+def _binding_command(source: Path) -> list[str]:
+    import torch.utils.cpp_extension as cpp_extension
+
+    cuda_include = NVCC.parent.parent / "include"
+    includes = [flag for path in cpp_extension.include_paths() for flag in ("-isystem", path)]
+    compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+    return [
+        *compiler.split()[:1],
+        "-std=c++17",
+        "-fsyntax-only",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
+        *includes,
+        "-isystem",
+        str(cuda_include),
+        "-isystem",
+        sysconfig.get_paths()["include"],
+        str(source),
+    ]
+
+
+@pytest.fixture(scope="session")
+def compile_results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """Every compilation of this module, run in parallel: ``{label: result}``."""
+    out_dir = tmp_path_factory.mktemp("nvcc")
+    commands = {
+        f"{src.name}:sm_{arch}": _kernel_command(src, arch, out_dir) for src in KERNELS for arch in _build.CUDA_ARCHES
+    }
+    commands.update({f"{src.name}:bindings": _binding_command(src) for src in BINDINGS})
+    # The slowest (seg_cross_entropy) first, so the pool finishes together.
+    order = sorted(commands, key=lambda label: "seg_cross_entropy" not in label)
+
+    def run(label: str) -> subprocess.CompletedProcess:
+        return subprocess.run(commands[label], capture_output=True, text=True, timeout=600)
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        results = dict(zip(order, pool.map(run, order)))
+    return results
+
+
+def test_every_cuda_source_is_compiled():
+    """No .cu / .cuh / binding file lies where the build and this test would skip it."""
+    everywhere = {p.resolve() for p in CSRC.rglob("*.cu")}
+    assert everywhere == {p.resolve() for p in KERNELS}, "a .cu file outside csrc/kernels is not built"
+    ops = {"channel_mask_cuda.cu", "seg_cross_entropy_cuda.cu", "dropped_class_prob_cuda.cu"}
+    assert ops <= {p.name for p in KERNELS}, f"CUDA kernels missing from {CSRC / 'kernels'}: {KERNELS}"
+    listed = {Path(p).resolve() for p in _build.cuda_sources(CSRC)}
+    assert listed == {p.resolve() for p in [*KERNELS, *BINDINGS]}
+    headers = {p.name for p in CSRC.rglob("*.cuh")}
+    included = "".join(p.read_text() for p in [*KERNELS, *BINDINGS, *(CSRC / "kernels").glob("*.cuh")])
+    assert all(f'{name}"' in included for name in headers), f"a header is included by no compiled file: {headers}"
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", _build.CUDA_ARCHES)
+@pytest.mark.parametrize("source", KERNELS, ids=lambda p: p.name)
+def test_kernel_compiles_without_warnings(compile_results, source, arch):
+    result = compile_results[f"{source.name}:sm_{arch}"]
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "warning" not in result.stderr.lower(), result.stderr[-4000:]
+
+
+@needs_nvcc
+@pytest.mark.skipif(sys.platform != "linux", reason="the binding syntax check uses the Linux toolchain")
+@pytest.mark.parametrize("source", BINDINGS, ids=lambda p: p.name)
+def test_cuda_bindings_compile(compile_results, source):
+    result = compile_results[f"{source.name}:bindings"]
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_nvcc_flags_follow_torch_cuda_arch_list():
+    default = _build.nvcc_flags(None)
+    assert "-gencode=arch=compute_80,code=sm_80" in default
+    assert "-gencode=arch=compute_90,code=sm_90" in default
+    assert not any("gencode" in flag for flag in _build.nvcc_flags("8.0;9.0+PTX"))
