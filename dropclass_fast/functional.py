@@ -127,9 +127,10 @@ def _implementation(op: str, tensor: torch.Tensor) -> str:
 
 
 def _triton():
-    from . import triton as triton_backend
+    """The Triton ops (:mod:`dropclass_fast.triton.ops`), imported on first use."""
+    from .triton import ops
 
-    return triton_backend
+    return ops
 
 
 def _checking_values() -> bool:

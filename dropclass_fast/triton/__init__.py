@@ -2,12 +2,13 @@
 
 GPU tensors run the compiled kernels; with ``TRITON_INTERPRET=1`` in the environment *before this package is
 first imported*, the kernels are defined in Triton's interpreter mode and run on CPU tensors (how CI tests them).
-Import it through :func:`dropclass_fast.set_backend` (``"triton"`` / ``"auto"``); it needs the ``triton`` package.
+The entry points are in :mod:`.ops`; reach them through :func:`dropclass_fast.set_backend` (``"triton"`` or
+``"auto"``). Needs the ``triton`` package.
 """
 
 from __future__ import annotations
 
+from . import ops
 from ._common import INTERPRET
-from .ops import channel_mask, dropclass_loss_terms, dropped_class_prob, seg_cross_entropy
 
-__all__ = ["INTERPRET", "channel_mask", "seg_cross_entropy", "dropped_class_prob", "dropclass_loss_terms"]
+__all__ = ["INTERPRET", "ops"]
