@@ -124,3 +124,30 @@ def test_ddp_two_processes_with_gloo(tmp_path):
             assert torch.equal(value, ranks[1]["model"][key]), key
     rows = (tmp_path / "log.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_train(tmp_path, amp):
+    result = train(TrainConfig(**SMALL, method="dropclass", iters=2, amp=amp, channels_last=True, output=str(tmp_path)))
+    assert result.iteration == 2 and result.iou.shape == (8,)
+    rows = (tmp_path / "log.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[4]) for r in rows]
+    assert all(0 < loss < 100 for loss in losses)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["scaler"] != {} if amp == "fp16" else state["scaler"] == {}
+    weights = [v for v in state["model"].values() if torch.is_tensor(v) and v.is_floating_point()]
+    assert all(v.dtype == torch.float32 for v in weights)  # autocast leaves the parameters in float32
+
+
+def test_pretrained_weights_are_loaded_before_training(tmp_path, capsys):
+    from dropclass_fast.models import build_model, to_official_state_dict
+
+    source = build_model("hrnet_v1", num_classes=8, dropclass=True)
+    torch.nn.init.constant_(source.last_layer[3].classifier.bias, 0.25)
+    torch.save(to_official_state_dict(source), tmp_path / "official.pt")
+    config = TrainConfig(**SMALL, method="dropclass", iters=1, lr=1e-12, pretrained=str(tmp_path / "official.pt"),
+                         output=str(tmp_path / "run"))
+    result = train(config)
+    assert "loaded" in capsys.readouterr().out
+    bias = result.model.dropclass.classifier.bias
+    torch.testing.assert_close(bias, torch.full_like(bias, 0.25), rtol=0, atol=1e-6)

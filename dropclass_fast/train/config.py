@@ -76,6 +76,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     eval_every: int = 0
     eval_batch_size: int = 1
+    eval_limit: int | None = None
     log_every: int = 1
     progress_bar: bool = True
     dataset_options: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +90,7 @@ class TrainConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        for name in ("batch_size", "epochs", "iters", "stop_after", "eval_batch_size", "log_every"):
+        for name in ("batch_size", "epochs", "iters", "stop_after", "eval_batch_size", "eval_limit", "log_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -152,6 +153,7 @@ def build_parser(datasets: tuple[str, ...], description: str) -> argparse.Argume
     add("--checkpoint-every", type=int, default=1000, help="iterations between checkpoints (0: only at the end)")
     add("--eval-every", type=int, default=0, help="epochs between evaluations (0: only at the end)")
     add("--eval-batch-size", type=int, default=1)
+    add("--eval-limit", type=int, help="evaluate on the first N validation images only")
     add("--log-every", type=int, default=1, help="iterations between log rows")
     add("--no-progress-bar", dest="progress_bar", action="store_false")
     add("--synthetic-length", type=int, help="images in each split of --dataset synthetic")
@@ -174,6 +176,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         crop_size=tuple(args.crop_size) if args.crop_size else None, alpha=args.alpha, per_sample=args.per_sample,
         workers=args.workers, device=args.device, amp=args.amp, channels_last=args.channels_last, seed=args.seed,
         pretrained=args.pretrained, resume=args.resume, checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every, eval_batch_size=args.eval_batch_size, log_every=args.log_every,
-        progress_bar=args.progress_bar, dataset_options=options,
+        eval_every=args.eval_every, eval_batch_size=args.eval_batch_size, eval_limit=args.eval_limit,
+        log_every=args.log_every, progress_bar=args.progress_bar, dataset_options=options,
     )

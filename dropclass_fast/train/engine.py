@@ -81,15 +81,18 @@ def evaluate(
     channels_last: bool = False,
     ignore_index: int = 255,
     progress_bar: bool = False,
+    limit: int | None = None,
 ) -> ConfusionMatrix:
     """The confusion matrix of ``model`` (in eval mode) on ``dataset``, summed over all ranks.
 
-    Each rank predicts every ``world_size``-th sample (no padding, so no
-    sample counts twice); predictions are upsampled to the label size.
+    Each rank predicts every ``world_size``-th sample of the first ``limit``
+    (default: all; no padding, so no sample counts twice); predictions are
+    upsampled to the label size.
     """
     was_training = model.training
     model.eval()
-    indices = list(range(context.rank, len(dataset), context.world_size))
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    indices = list(range(context.rank, count, context.world_size))
     loader = DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
         pin_memory=context.device.type == "cuda", generator=torch.Generator(),
@@ -312,7 +315,7 @@ class _Run:
         confusion = evaluate(
             self.model, self.val_set, self.num_classes, self.context, batch_size=config.eval_batch_size,
             workers=config.workers, amp=config.amp, channels_last=config.channels_last,
-            ignore_index=self.ignore_index, progress_bar=config.progress_bar,
+            ignore_index=self.ignore_index, progress_bar=config.progress_bar, limit=config.eval_limit,
         )
         iou = confusion.iou()
         if self.context.is_main:
