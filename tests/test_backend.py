@@ -28,10 +28,65 @@ def test_auto_uses_cpp_on_cpu(cpp_backend):
         assert _backend.resolve("cpu") == "eager"
 
 
-@pytest.mark.parametrize("name", ["triton", "cuda"])
-def test_gpu_backends_are_reported_unavailable(name):
-    with dropclass_fast.set_backend(name), pytest.raises(RuntimeError, match=f"backend '{name}' is not available"):
+def test_cuda_backend_needs_cuda_tensors():
+    with dropclass_fast.set_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' is not available: the"):
         dcf.dropped_class_prob(torch.randn(1, 3, 2, 2), torch.tensor([1.0, 0.0, 1.0]))
+
+
+def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
+    triton_backend = pytest.importorskip("dropclass_fast.triton")
+    monkeypatch.setattr(triton_backend, "INTERPRET", True)
+    with dropclass_fast.set_backend("triton"):
+        assert _backend.resolve("cpu") == "triton"
+    monkeypatch.setattr(triton_backend, "INTERPRET", False)
+    with dropclass_fast.set_backend("triton"), pytest.raises(RuntimeError, match="need TRITON_INTERPRET=1"):
+        dcf.dropped_class_prob(torch.randn(1, 3, 2, 2), torch.tensor([1.0, 0.0, 1.0]))
+
+
+def test_set_backend_deterministic_flag():
+    assert not _backend.deterministic()
+    with dropclass_fast.set_backend("triton", deterministic=True):
+        assert _backend.deterministic()
+        with dropclass_fast.set_backend("auto"):
+            assert _backend.deterministic()  # None keeps the setting
+    assert not _backend.deterministic()
+    with pytest.raises(TypeError, match="deterministic must be a bool or None, got 1"):
+        dropclass_fast.set_backend("triton", deterministic=1)
+
+
+@pytest.mark.parametrize(
+    "table, triton_ok, cuda_ok, want",
+    [
+        ({"GPU X": {"seg_cross_entropy": "cuda"}}, True, True, "cuda"),  # measured fastest
+        ({"GPU X": {"channel_mask": "cuda"}}, True, True, "triton"),  # no entry for this op
+        ({"GPU X": {"seg_cross_entropy": "cuda"}}, True, False, "triton"),  # measured one unavailable
+        ({}, False, True, "cuda"),
+    ],
+)
+def test_auto_on_cuda_follows_the_measured_table(monkeypatch, table, triton_ok, cuda_ok, want):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "GPU X")
+    monkeypatch.setattr(_backend, "measured_table", lambda: table)
+    monkeypatch.setattr(_backend, "_triton_unavailable", lambda device: None if triton_ok else "no triton")
+    monkeypatch.setattr(_backend, "_cuda_unavailable", lambda device: None if cuda_ok else "no CUDA kernels")
+    assert _backend.resolve("cuda", "seg_cross_entropy") == want
+
+
+def test_auto_on_cuda_without_kernels_warns_once(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "GPU X")
+    monkeypatch.setattr(_backend, "_triton_unavailable", lambda device: "no triton")
+    monkeypatch.setattr(_backend, "_cuda_unavailable", lambda device: "no CUDA kernels")
+    monkeypatch.setattr(_backend, "_warned", set())
+    with pytest.warns(RuntimeWarning, match=r"no fused kernels for CUDA tensors \(Triton: no triton; CUDA: no CUDA"):
+        assert _backend.resolve("cuda", "seg_cross_entropy") == "eager"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _backend.resolve("cuda", "seg_cross_entropy") == "eager"
+
+
+def test_measured_table_is_valid():
+    table = _backend.measured_table()
+    for ops in table.values():
+        assert set(ops.values()) <= {"triton", "cuda"}
 
 
 def test_auto_falls_back_to_eager_with_one_warning(monkeypatch):
