@@ -231,7 +231,7 @@ def _seg_cross_entropy_kernel(
 
 
 # (output columns per program, source rows per band, warps); the first is the fixed choice of deterministic mode.
-CANDIDATES = ((64, 8, 4), (128, 8, 8), (32, 8, 4), (64, 4, 4), (128, 4, 8), (256, 8, 8))
+CANDIDATES = ((64, 8, 8), (128, 8, 8), (32, 8, 4), (64, 4, 4), (64, 8, 4), (256, 8, 8))
 MAX_TILE_ELEMENTS = 8192  # BLOCK_K * TX per register tile
 
 
