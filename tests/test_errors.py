@@ -10,7 +10,7 @@ import dropclass_fast
 from dropclass_fast import DropClass, DropClassLoss
 from dropclass_fast import functional as dcf
 
-BACKENDS = ["cpp", "eager"]
+BACKENDS = ["cpp", "eager", "triton"]
 
 
 @pytest.fixture(params=BACKENDS)
