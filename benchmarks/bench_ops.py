@@ -1,15 +1,13 @@
-"""The other DropClass ops, forward+backward, at CPU-sized shapes.
+"""Every DropClass op, forward and forward+backward, under every backend and ``torch.compile`` of the reference.
 
-* ``dropped_class_prob`` -- ``L_sup`` on drop-path logits B=2, K=19, 128x256, class 3 dropped;
-* ``channel_mask`` -- ``A * s`` with features B=2, C=256, 128x256 and a [19, 256] weight
-  (backward of ``(out * g).sum()`` with a fixed cotangent ``g``: gradients of A and W);
-* ``dropclass_loss`` -- the whole loss: two fused CEs (logits 128x256 -> labels 512x1024)
-  and ``L_sup``, class 3 dropped, progress 0.5;
-* ``dropclass_step`` -- ``DropClass(nn.Conv2d(256, 19, 1))`` forward in training mode on
-  B=2, C=256, 128x256 features + ``DropClassLoss`` + backward (module and loss together).
+Ops ``channel_mask``, ``seg_cross_entropy``, ``dropped_class_prob`` and ``dropclass_loss`` (see
+``cases.py`` for their inputs: class 3 dropped, progress 0.5, logits upsampled bilinearly to the
+labels); modes ``fwd`` (no grad) and ``fwd+bwd``; float32 and bfloat16; implementations: every
+backend of ``dropclass_fast.set_backend`` (``eager`` is the baseline of the ratios; one that cannot
+run a case is skipped with the reason) and ``compile`` = ``torch.compile(dropclass_fast.reference.<op>)``.
+Shapes: ``cpu`` on CPU, the paper's ``cityscapes`` and ``voc`` on CUDA (``settings.OP_SHAPES``).
 
-Implementations as in ``bench_seg_cross_entropy.py`` (``cpp``, ``eager`` = the baseline,
-``reference``, ``compile``). Run: ``pytest --benchmark-only benchmarks/bench_ops.py``.
+Run: ``pytest --benchmark-only benchmarks/bench_ops.py``.
 """
 
 from __future__ import annotations
@@ -17,40 +15,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
-IMPLS = ["cpp", "eager", "reference", "compile"]
-
-FULL = {"B": 2, "K": 19, "C": 256, "h": 128, "w": 256, "H": 512, "W": 1024}
-SMOKE = {"B": 2, "K": 19, "C": 32, "h": 16, "w": 32, "H": 64, "W": 128}
-
-
-def _shapes(smoke: bool) -> dict[str, int]:
-    return SMOKE if smoke else FULL
+from cases import DTYPES, IMPLS, MODES, OPS, SHAPES, Case
+from settings import OP_SHAPES
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_dropped_class_prob(run_case: Callable[..., None], smoke: bool, impl: str) -> None:
-    s = _shapes(smoke)
-    case = {"op": "dropped_class_prob", "impl": impl, "B": s["B"], "K": s["K"], "h": s["h"], "w": s["w"]}
-    run_case(case, f"B{s['B']} K{s['K']} {s['h']}x{s['w']}")
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_channel_mask(run_case: Callable[..., None], smoke: bool, impl: str) -> None:
-    s = _shapes(smoke)
-    case = {"op": "channel_mask", "impl": impl, "B": s["B"], "K": s["K"], "C": s["C"], "h": s["h"], "w": s["w"]}
-    run_case(case, f"B{s['B']} C{s['C']} K{s['K']} {s['h']}x{s['w']}")
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_dropclass_loss(run_case: Callable[..., None], smoke: bool, impl: str) -> None:
-    s = _shapes(smoke)
-    case = {"op": "dropclass_loss", "impl": impl, "progress": 0.5, **{k: s[k] for k in ("B", "K", "h", "w", "H", "W")}}
-    run_case(case, f"B{s['B']} K{s['K']} {s['h']}x{s['w']}->{s['H']}x{s['W']}")
-
-
-@pytest.mark.parametrize("impl", ["cpp", "eager"])
-def test_dropclass_step(run_case: Callable[..., None], smoke: bool, impl: str) -> None:
-    s = _shapes(smoke)
-    case = {"op": "dropclass_step", "impl": impl, "progress": 0.5, **s}
-    run_case(case, f"B{s['B']} C{s['C']} K{s['K']} {s['h']}x{s['w']}->{s['H']}x{s['W']}")
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("device", "shape"), OP_SHAPES)
+def test_op(
+    run_case: Callable[[Case], None], device: str, shape: str, dtype: str, mode: str, op: str, impl: str
+) -> None:
+    run_case({"kind": "op", "op": op, "impl": impl, "mode": mode, "dtype": dtype, "device": device, "shape": shape,
+              **SHAPES[shape]})

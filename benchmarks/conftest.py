@@ -1,28 +1,21 @@
-"""Shared machinery of the pytest-benchmark suite.
+"""Shared machinery of the pytest-benchmark suite (``pytest benchmarks/ --benchmark-only``).
 
-* ``pytest --benchmark-only benchmarks/``: full shapes, timed with
-  ``benchmark.pedantic`` (warm-up, then a fixed number of rounds sized to about
-  ``DROPCLASS_BENCH_SECONDS`` seconds per case, default 3), and each case's
-  peak extra memory measured in a child process (``peak_memory.py``), stored as
-  ``benchmark.extra_info["peak_extra_mib"]``.
-* ``pytest benchmarks/ --benchmark-disable``: a smoke run, every case once at a
-  small shape; no ``torch.compile`` (about 20 s a case here) unless
-  ``DROPCLASS_BENCH_COMPILE=1``; peak memory only for the cases marked for it.
-
-At the end a summary table gives each case's median, its speedup over the
-``eager`` backend and its peak-memory ratio to eager; with
-``DROPCLASS_BENCH_JSON=path`` it is also written as JSON.
-Threads: ``DROPCLASS_BENCH_THREADS`` (default 2, the CPU of the reference runs).
+Every case is timed with ``benchmark.pedantic`` (2 warm-up rounds, then rounds for about
+``DROPCLASS_BENCH_SECONDS`` seconds, 5 to 60) and its peak extra memory measured
+(``peak_memory.py``: CPU in a child process, CUDA with ``max_memory_allocated``). What a row needs
+for the report goes into ``benchmark.extra_info`` (the case, ``shape``, ``peak_extra_mib``,
+``bytes_moved``, ``first_call_s``...), which ``--benchmark-json=FILE`` writes out and
+``benchmarks/report.py`` reads. ``settings.py`` lists the environment variables (smoke run, devices,
+threads, time per case).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +24,19 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-for _p in (str(REPO_ROOT), str(BENCH_DIR)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+for _path in (str(REPO_ROOT), str(BENCH_DIR)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
-import peak_memory  # noqa: E402 - after the path set-up above
+import cases  # noqa: E402 - after the path set-up above
+import peak_memory  # noqa: E402
+import settings  # noqa: E402
 
-THREADS = int(os.environ.get("DROPCLASS_BENCH_THREADS", "2"))
-SECONDS_PER_CASE = float(os.environ.get("DROPCLASS_BENCH_SECONDS", "3"))
-COMPILE_IN_SMOKE = os.environ.get("DROPCLASS_BENCH_COMPILE") == "1"
-
-# (op, dtype, shape label) -> impl -> {"median_s": ..., "peak_extra_mib": ...}
-_SUMMARY: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+from dropclass_fast import _extension  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(settings.THREADS)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
@@ -58,121 +48,121 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Mod
     return None
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _threads() -> None:
-    torch.set_num_threads(THREADS)
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
-@pytest.fixture
-def smoke(benchmark: Any) -> bool:
-    """True under ``--benchmark-disable``: run each case once, at a small shape."""
-    return bool(benchmark.disabled)
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "not installed"
+    return triton.__version__
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    """What the report prints about the run: versions, devices, threads, the command."""
+    cuda = torch.cuda.is_available()
+    machine_info["dropclass_fast"] = {
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": len(os.sched_getaffinity(0)),
+        "threads": settings.THREADS,
+        "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+        "cuda_version": torch.version.cuda if cuda else None,
+        "smoke": settings.SMOKE,
+        "devices": list(settings.DEVICES),
+        "compile_backend": settings.COMPILE_BACKEND,
+        "command": " ".join([Path(sys.executable).name, "-m", "pytest", *sys.argv[1:]]),
+    }
 
 
 @pytest.fixture(scope="session")
-def cpp_available() -> str | None:
-    """``None`` when the C++ kernels load, else the reason they do not."""
-    from dropclass_fast import _extension
+def memory_worker() -> Iterator[peak_memory.MemoryWorker]:
+    worker = peak_memory.MemoryWorker()
+    yield worker
+    worker.close()
 
-    return None if _extension.load() else str(_extension.error())
+
+def unavailable(case: cases.Case) -> str | None:
+    """Why ``case`` cannot run in this session (the skip reason), or ``None``."""
+    device, impl = case["device"], case.get("impl")
+    if device not in settings.DEVICES:
+        return f"device {device!r} not selected (DROPCLASS_BENCH_DEVICES={','.join(settings.DEVICES)})"
+    if device == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device in this run"
+    if impl == "cpp" and device != "cpu":
+        return "the C++ backend runs on CPU tensors only"
+    if impl in cases.GPU_BACKENDS and device == "cpu":
+        return f"{impl!r} is a GPU backend (on CPU only under TRITON_INTERPRET=1, a test mode: not timed)"
+    if impl == "cpp" and not _extension.load():
+        return f"C++ kernels unavailable: {_extension.error()}"
+    return None
 
 
-def _median(benchmark: Any) -> float | None:
-    stats = getattr(benchmark, "stats", None)
-    if stats is None:
-        return None
-    inner = getattr(stats, "stats", stats)
-    return float(inner.median)
+def _build(case: cases.Case) -> tuple[cases.Runner, float]:
+    """The case's runner and the time of its first call (kernel loading, compilation); skips where it cannot run."""
+    try:
+        runner = cases.build(case)
+        start = time.perf_counter()
+        runner.run()
+        return runner, time.perf_counter() - start
+    except Exception as exc:
+        if case.get("impl") in ("eager", None):
+            raise  # the reference and the training steps must run everywhere
+        pytest.skip(f"{case['impl']} failed on {case['device']}: {type(exc).__name__}: {exc}")
+
+
+def _time(benchmark: Any, runner: cases.Runner) -> None:
+    if settings.SMOKE:
+        benchmark.pedantic(runner.run, rounds=1, iterations=1)
+        return
+    start = time.perf_counter()
+    runner.run()
+    one = max(time.perf_counter() - start, 1e-6)
+    rounds = int(min(settings.MAX_ROUNDS, max(settings.MIN_ROUNDS, settings.SECONDS_PER_CASE / one)))
+    benchmark.pedantic(runner.run, rounds=rounds, warmup_rounds=settings.WARMUP_ROUNDS, iterations=1)
 
 
 @pytest.fixture
-def run_case(benchmark: Any, smoke: bool, cpp_available: str | None) -> Callable[..., None]:
-    """``run_case(case, shape_label, memory_in_smoke=False)``: time ``case`` and record its peak memory."""
+def run_case(benchmark: Any, memory_worker: peak_memory.MemoryWorker) -> Callable[[cases.Case], None]:
+    """``run_case(case)``: skip it with the reason where it cannot run, else time it and measure its peak memory."""
 
-    def run(case: dict[str, Any], shape_label: str, memory_in_smoke: bool = False) -> None:
-        case = {"threads": THREADS, **case}
-        impl = case["impl"]
-        if impl == "cpp" and cpp_available is not None:
-            pytest.skip(f"C++ kernels unavailable: {cpp_available}")
-        if impl == "compile" and smoke and not COMPILE_IN_SMOKE:
-            pytest.skip("torch.compile takes ~20 s a case: not in the smoke run (DROPCLASS_BENCH_COMPILE=1 adds it)")
-        benchmark.group = f"{case['op']} {case.get('dtype', 'float32')} {shape_label}"
-        benchmark.extra_info.update(case)
-        benchmark.extra_info["torch"] = torch.__version__
-
-        try:
-            fn = peak_memory.build(case)
-            t0 = time.perf_counter()
-            fn()  # first call: loads the kernels / compiles; not timed
-            first_s = time.perf_counter() - t0
-        except Exception as exc:
-            if impl == "compile":
-                pytest.skip(f"torch.compile of the eager reference failed here: {type(exc).__name__}: {exc}")
-            raise
-        if impl == "compile":
-            benchmark.extra_info["compile_and_first_call_s"] = round(first_s, 2)
-
-        if smoke:
-            benchmark.pedantic(fn, rounds=1, iterations=1)
+    def run(case: cases.Case) -> None:
+        case = {"threads": settings.THREADS, **case}
+        if case.get("impl") == "compile":
+            case["compile_backend"] = settings.COMPILE_BACKEND
+        reason = unavailable(case)
+        if reason is not None:
+            pytest.skip(reason)
+        label = cases.shape_label(case)
+        if case["op"] == "train_step":
+            benchmark.group = f"train_step {case['device']} {case['precision']} {label}"
         else:
-            t0 = time.perf_counter()
-            fn()
-            one = max(time.perf_counter() - t0, 1e-6)
-            rounds = int(min(60, max(7, SECONDS_PER_CASE / one)))
-            benchmark.pedantic(fn, rounds=rounds, warmup_rounds=2, iterations=1)
+            benchmark.group = f"{case['op']} {case['mode']} {case['device']} {case['dtype']} {label}"
+            benchmark.extra_info["bytes_moved"] = cases.bytes_moved(case)
+        benchmark.extra_info.update(case)
+        benchmark.extra_info["shape_label"] = label
 
-        peak = None
-        if not smoke or memory_in_smoke:
-            mem = peak_memory.measure(case)
-            peak = mem["peak_extra_mib"]
-            benchmark.extra_info["peak_extra_mib"] = round(peak, 2)
-            benchmark.extra_info["peak_method"] = mem["method"]
-        key = (case["op"], case.get("dtype", "float32"), shape_label)
-        _SUMMARY.setdefault(key, {})[impl] = {"median_s": _median(benchmark), "peak_extra_mib": peak}
+        runner, first_call_s = _build(case)
+        benchmark.extra_info["first_call_s"] = round(first_call_s, 3)
+        _time(benchmark, runner)
+        runner.clear()
+        if case["device"] == "cuda":
+            benchmark.extra_info["peak_extra_mib"] = round(peak_memory.cuda_peak_extra_mib(runner), 3)
+            benchmark.extra_info["peak_method"] = "torch.cuda.max_memory_allocated minus memory_allocated before"
+        else:
+            del runner  # free the inputs before the child makes its own
+            memory = memory_worker.measure(case)
+            benchmark.extra_info["peak_extra_mib"] = round(memory["peak_extra_mib"], 3)
+            benchmark.extra_info["peak_method"] = "child process: " + memory["method"]
 
     return run
-
-
-def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if not _SUMMARY:
-        return
-    rows = []
-    for (op, dtype, shape), impls in sorted(_SUMMARY.items()):
-        base = impls.get("eager", {})
-        for impl, r in sorted(impls.items()):
-            med, peak = r["median_s"], r["peak_extra_mib"]
-            speedup = base["median_s"] / med if med and base.get("median_s") else None
-            ratio = peak / base["peak_extra_mib"] if peak is not None and base.get("peak_extra_mib") else None
-            rows.append(
-                {
-                    "op": op,
-                    "dtype": dtype,
-                    "shape": shape,
-                    "impl": impl,
-                    "median_ms": None if med is None else 1e3 * med,
-                    "speedup_vs_eager": speedup,
-                    "peak_extra_mib": peak,
-                    "peak_ratio_vs_eager": ratio,
-                }
-            )
-    tr = terminalreporter
-    tr.section("dropclass_fast benchmark summary")
-    tr.write_line(f"torch {torch.__version__}, {THREADS} threads, {platform.machine()}")
-    head = f"{'op':<20}{'dtype':<10}{'shape':<34}{'impl':<10}"
-    head += f"{'median ms':>10}{'x eager':>9}{'peak MiB':>10}{'/eager':>8}"
-    tr.write_line(head)
-    tr.write_line("-" * len(head))
-    for r in rows:
-        tr.write_line(
-            f"{r['op']:<20}{r['dtype']:<10}{r['shape']:<34}{r['impl']:<10}"
-            f"{_fmt(r['median_ms'], '10.2f')}{_fmt(r['speedup_vs_eager'], '9.2f')}"
-            f"{_fmt(r['peak_extra_mib'], '10.1f')}{_fmt(r['peak_ratio_vs_eager'], '8.3f')}"
-        )
-    out = os.environ.get("DROPCLASS_BENCH_JSON")
-    if out:
-        Path(out).write_text(json.dumps({"torch": torch.__version__, "threads": THREADS, "rows": rows}, indent=2))
-        tr.write_line(f"summary written to {out}")

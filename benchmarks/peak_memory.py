@@ -1,32 +1,29 @@
-"""Benchmark cases, and their peak extra memory measured in a child process.
+"""Peak extra memory of a benchmark case: CPU in a child process, CUDA in process.
 
-A *case* is a small JSON-able dict, for example::
+CPU (:func:`measure`, :class:`MemoryWorker`): a child interpreter (``sys.executable``) builds the
+case (``cases.build``) and reports the peak resident memory above the baseline taken after the inputs
+were made and after one warm-up call (so loading the C++ kernels, compiling, creating thread pools is
+not counted):
 
-    {"op": "seg_cross_entropy", "impl": "cpp", "dtype": "float32",
-     "B": 2, "K": 19, "h": 128, "w": 256, "H": 512, "W": 1024, "threads": 2}
+1. make the inputs, run the case once, free what it left (gradients);
+2. baseline = ``VmRSS``; reset the peak by writing ``5`` to ``/proc/self/clear_refs``
+   (so ``VmHWM`` restarts at the current RSS);
+3. run the case once more; peak = ``VmHWM``; ``peak_extra = peak - baseline``.
 
-``build(case)`` makes the inputs and returns a closure that runs the op forward
-and backward once; the benches time that closure in-process.
-``measure(case)`` runs the same closure in a fresh interpreter
-(``sys.executable``) and returns the peak resident memory above the baseline
-taken after the inputs were made (and after one warm-up run, so that loading
-the C++ kernels, compiling, or creating thread pools is not counted):
+If ``clear_refs`` cannot be written, the peak falls back to ``getrusage(RUSAGE_SELF).ru_maxrss``,
+which cannot be reset: the child then skips the warm-up (the number includes one-time costs) and says
+so in ``method``. The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc serves every
+large block with ``mmap`` and gives it back on free: otherwise a freed block could stay resident
+after the warm-up and be reused unseen. :func:`measure` starts one child per case;
+:class:`MemoryWorker` keeps one child for many cases (torch is imported once), which needs the reset.
 
-1. make the inputs, run the op once, drop its outputs;
-2. baseline = ``VmRSS``; reset the peak by writing ``5`` to
-   ``/proc/self/clear_refs`` (so ``VmHWM`` restarts at the current RSS);
-3. run the op once more; peak = ``VmHWM``; ``peak_extra = peak - baseline``.
-
-If ``clear_refs`` cannot be written, the peak falls back to
-``getrusage(RUSAGE_SELF).ru_maxrss``, which cannot be reset: the child then
-skips the warm-up (the number includes one-time costs) and says so in
-``method``. The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc
-serves every large block with ``mmap`` and gives it back on free: otherwise a
-freed block could stay resident after the warm-up and be reused unseen.
+CUDA (:func:`cuda_peak_extra_mib`): ``torch.cuda.max_memory_allocated`` after
+``reset_peak_memory_stats``, minus the memory allocated before the call, after a warm-up call.
 
 Run by hand::
 
-    python benchmarks/peak_memory.py '{"op": "seg_cross_entropy", "impl": "eager", ...}'
+    python benchmarks/peak_memory.py '{"op": "seg_cross_entropy", "impl": "eager", "B": 2, ...}'
+    python benchmarks/peak_memory.py --serve     # one JSON case a line on stdin, one result a line on stdout
 """
 
 from __future__ import annotations
@@ -35,20 +32,18 @@ import gc
 import json
 import os
 import resource
+import select
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULT_PREFIX = "PEAK_MEMORY_RESULT "
 
 Case = dict[str, Any]
-
-# Implementations a case can name: "cpp" / "eager" run dcf.* under that backend,
-# "reference" calls dropclass_fast.reference.* directly (no input checks),
-# "compile" runs torch.compile(reference.*).
-IMPLS = ("cpp", "eager", "reference", "compile")
 
 
 def _status_kib(field: str) -> int:
@@ -72,195 +67,52 @@ def _maxrss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def build(case: Case) -> Callable[[], None]:
-    """Inputs for ``case`` and a closure running its op forward + backward once."""
-    import torch
-
-    import dropclass_fast
-    from dropclass_fast import functional as dcf
-    from dropclass_fast import reference
-
-    torch.set_num_threads(int(case.get("threads", 2)))
-    g = torch.Generator().manual_seed(int(case.get("seed", 0)))
-    dtype = getattr(torch, case.get("dtype", "float32"))
-    op, impl = case["op"], case["impl"]
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    B, K = int(case.get("B", 2)), int(case.get("K", 19))  # noqa: N806 - the paper's names
-
-    def leaf(*shape: int, scale: float = 1.0) -> torch.Tensor:
-        return (scale * torch.randn(*shape, generator=g)).to(dtype).requires_grad_()
-
-    def labels(H: int, W: int) -> torch.Tensor:  # noqa: N803
-        t = torch.randint(0, K, (B, H, W), generator=g)
-        t[:, : max(1, H // 32)] = 255  # an ignored band, as Cityscapes' ego vehicle
-        return t
-
-    def keep_mask(dropped: int | None = 3) -> torch.Tensor:
-        keep = torch.ones(K)
-        if dropped is not None:
-            keep[dropped] = 0.0
-        return keep
-
-    if op == "seg_cross_entropy":
-        logits = leaf(B, K, case["h"], case["w"])
-        target = labels(case["H"], case["W"])
-        keep = keep_mask() if case.get("keep") else None
-        ac = bool(case.get("align_corners", False))
-
-        def fwd() -> torch.Tensor:
-            return dcf.seg_cross_entropy(logits, target, keep, 255, ac)
-
-        def ref() -> torch.Tensor:
-            return reference.seg_cross_entropy(logits, target, keep, 255, ac)
-
-        inputs = [logits]
-        compiled_args = (logits, target, keep, 255, ac)
-        ref_fn: Callable[..., torch.Tensor] = reference.seg_cross_entropy
-    elif op == "dropped_class_prob":
-        logits = leaf(B, K, case["h"], case["w"])
-        keep = keep_mask()
-
-        def fwd() -> torch.Tensor:
-            return dcf.dropped_class_prob(logits, keep)
-
-        def ref() -> torch.Tensor:
-            return reference.dropped_class_prob(logits, keep)
-
-        inputs = [logits]
-        compiled_args = (logits, keep)
-        ref_fn = reference.dropped_class_prob
-    elif op == "channel_mask":
-        C = int(case["C"])  # noqa: N806
-        features = leaf(B, C, case["h"], case["w"])
-        weight = leaf(K, C, scale=0.1)
-        keep = keep_mask()
-        # a fixed cotangent, made up front: backward of (out * grad_out).sum()
-        grad_out = torch.randn(B, C, case["h"], case["w"], generator=g).to(dtype)
-
-        def fwd() -> torch.Tensor:
-            return (dcf.channel_mask(features, weight, keep) * grad_out).sum()
-
-        def ref() -> torch.Tensor:
-            return (reference.channel_mask(features, weight, keep) * grad_out).sum()
-
-        inputs = [features, weight]
-        compiled_args = (features, weight, keep)
-        ref_fn = reference.channel_mask
-    elif op == "dropclass_loss":
-        logits = leaf(B, K, case["h"], case["w"])
-        drop_logits = leaf(B, K, case["h"], case["w"])
-        target = labels(case["H"], case["W"])
-        keep = keep_mask()
-        progress = float(case.get("progress", 0.5))
-
-        def fwd() -> torch.Tensor:
-            return dcf.dropclass_loss(logits, drop_logits, target, keep, progress)[0]
-
-        def ref() -> torch.Tensor:
-            return reference.dropclass_loss(logits, drop_logits, target, keep, progress)[0]
-
-        inputs = [logits, drop_logits]
-        compiled_args = (logits, drop_logits, target, keep, progress)
-        ref_fn = reference.dropclass_loss
-    elif op == "dropclass_step":
-        if impl not in ("cpp", "eager"):
-            raise ValueError("dropclass_step runs under a backend: impl 'cpp' or 'eager'")
-        from torch import nn
-
-        C = int(case["C"])  # noqa: N806
-        torch.manual_seed(int(case.get("seed", 0)))
-        dc = dropclass_fast.DropClass(nn.Conv2d(C, K, 1), seed=0).to(dtype)
-        loss_fn = dropclass_fast.DropClassLoss()
-        features = leaf(B, C, case["h"], case["w"])
-        target = labels(case["H"], case["W"])
-        keep = keep_mask()
-        progress = float(case.get("progress", 0.5))
-        params = [p for p in dc.parameters() if p.requires_grad]
-
-        def fwd() -> torch.Tensor:
-            out = dc(features, keep=keep)
-            return loss_fn(out, target, progress=progress)[0]
-
-        def ref() -> torch.Tensor:  # not used: the step always runs under a backend
-            raise AssertionError
-
-        inputs = [features, *params]
-        compiled_args = ()
-        ref_fn = ref
-    else:
-        raise ValueError(f"unknown op {op!r}")
-
-    if impl in ("cpp", "eager"):
-
-        def run_loss() -> torch.Tensor:
-            with dropclass_fast.set_backend(impl):
-                return fwd()
-    elif impl == "reference":
-        run_loss = ref
-    else:
-        compiled = torch.compile(ref_fn, dynamic=False)
-        if op == "channel_mask":
-
-            def run_loss() -> torch.Tensor:
-                return (compiled(*compiled_args) * grad_out).sum()
-        elif op == "dropclass_loss":
-
-            def run_loss() -> torch.Tensor:
-                return compiled(*compiled_args)[0]
-        else:
-
-            def run_loss() -> torch.Tensor:
-                return compiled(*compiled_args)
-
-    def run() -> None:
-        for t in inputs:
-            t.grad = None
-        run_loss().backward()
-
-    return run
-
-
 def _child(case: Case) -> dict[str, Any]:
-    run = build(case)  # the inputs are made here and stay alive
+    """Measure ``case`` in this process (the child): the protocol of the module docstring."""
+    import cases  # beside this file: the child runs it as a script, so its directory is on sys.path
+
+    runner = cases.build(case)  # the inputs are made here and stay alive
     can_reset = _reset_peak()  # probe once; the real reset is below
     if can_reset:
-        run()  # warm-up: kernel loading, compilation, thread pools, lazy inits
+        runner.run()  # warm-up: kernel loading, compilation, thread pools, lazy inits
+        runner.clear()
     gc.collect()
     rss_before = _status_kib("VmRSS")
-    maxrss_before = _maxrss_kib()
     if can_reset:
         _reset_peak()
-    run()
+    runner.run()
     hwm = _status_kib("VmHWM")
     maxrss_after = _maxrss_kib()
     if can_reset:
         peak_extra_kib = hwm - rss_before
-        method = "VmHWM after clear_refs reset, minus VmRSS before the op (warm-up run first)"
+        method = "VmHWM after clear_refs reset, minus VmRSS before the call (warm-up call first)"
     else:
         peak_extra_kib = max(maxrss_after, hwm) - rss_before
-        method = "ru_maxrss minus VmRSS before the op (no peak reset possible; no warm-up)"
+        method = "ru_maxrss minus VmRSS before the call (no peak reset possible; no warm-up)"
     return {
         "peak_extra_mib": peak_extra_kib / 1024.0,
         "baseline_rss_mib": rss_before / 1024.0,
-        "ru_maxrss_delta_mib": (maxrss_after - maxrss_before) / 1024.0,
         "method": method,
     }
 
 
-def measure(case: Case, timeout: float = 600.0) -> dict[str, Any]:
-    """Run ``case`` in a child interpreter; its peak extra memory and how it was measured.
-
-    Raises ``RuntimeError`` with the child's stderr when the child fails.
-    """
+def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def measure(case: Case, timeout: float = 600.0) -> dict[str, Any]:
+    """Run ``case`` in a fresh child interpreter; its ``peak_extra_mib`` and how it was measured (``method``).
+
+    Raises ``RuntimeError`` with the child's stderr when the child fails.
+    """
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), json.dumps(case)],
         capture_output=True,
         text=True,
-        env=env,
+        env=_child_env(),
         timeout=timeout,
         check=False,
     )
@@ -269,7 +121,97 @@ def measure(case: Case, timeout: float = 600.0) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+class MemoryWorker:
+    """One child interpreter measuring cases one after another (``measure`` per case, ``close`` at the end).
+
+    Each case is built, measured and freed before the next; a case that fails in the child raises
+    ``RuntimeError`` here (with the child's traceback) and the worker carries on. Where the peak
+    cannot be reset (no writable ``clear_refs``), every case gets a fresh child (:func:`measure`).
+    """
+
+    def __init__(self, timeout: float = 600.0) -> None:
+        self.timeout = timeout
+        self._proc: subprocess.Popen[str] | None = None
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._fresh_child_per_case = not _reset_peak()
+
+    def _start(self) -> subprocess.Popen[str]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                text=True,
+                env=_child_env(),
+            )
+        return self._proc
+
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()[-4000:]
+
+    def measure(self, case: Case) -> dict[str, Any]:
+        """``peak_extra_mib`` and ``method`` of ``case``, measured in the worker child."""
+        if self._fresh_child_per_case:
+            return measure(case, self.timeout)
+        proc = self._start()
+        proc.stdin.write(json.dumps(case) + "\n")
+        proc.stdin.flush()
+        while True:
+            ready, _, _ = select.select([proc.stdout], [], [], self.timeout)
+            line = proc.stdout.readline() if ready else ""
+            if not line:
+                self.close()
+                raise RuntimeError(f"peak-memory worker died or timed out on {case}:\n{self._stderr_tail()}")
+            if line.startswith(RESULT_PREFIX):
+                break
+        result = json.loads(line[len(RESULT_PREFIX) :])
+        if "error" in result:
+            raise RuntimeError(f"peak-memory worker failed on {case}:\n{result['error']}")
+        return result
+
+    def close(self) -> None:
+        """End the child (it is started again by the next ``measure``)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+
+def cuda_peak_extra_mib(runner: Any) -> float:
+    """Peak CUDA memory of one ``runner.run()`` above what was allocated before it, in MiB (after a warm-up)."""
+    import torch
+
+    runner.run()
+    runner.clear()
+    gc.collect()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    runner.run()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def _serve() -> int:
+    for line in sys.stdin:
+        try:
+            result = _child(json.loads(line))
+        except Exception:  # noqa: BLE001 - reported to the parent, which raises it
+            result = {"error": traceback.format_exc()}
+        gc.collect()
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--serve"]:
+        return _serve()
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2

@@ -1,0 +1,98 @@
+"""Reading the suite's pytest-benchmark JSON files into rows the report can look up.
+
+A row is a benchmark's ``extra_info`` (the case: ``kind``, ``op``, ``impl``, ``mode``, ``dtype``,
+``device``, ``shape``, ``peak_extra_mib``, ``bytes_moved``...) plus its timing: ``median_s``,
+``min_s``, ``rounds``, and ``run``, the index of the file it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+
+
+@dataclass
+class Run:
+    """One JSON file: when and where it ran, and what with."""
+
+    path: str
+    datetime: str
+    commit: str
+    machine: dict[str, Any]
+    cpu_brand: str
+
+
+@dataclass
+class Results:
+    """Every row of one or more runs, and the runs."""
+
+    runs: list[Run] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+
+    def select(self, kind: str, **fields: Any) -> list[Row]:
+        """Rows of ``kind`` whose fields equal ``fields`` (a field missing from a row never matches)."""
+        return [
+            row
+            for row in self.rows
+            if row.get("kind") == kind and all(key in row and row[key] == value for key, value in fields.items())
+        ]
+
+    def one(self, kind: str, **fields: Any) -> Row | None:
+        """The last row (the latest run's) of ``kind`` matching ``fields``, or ``None``."""
+        found = self.select(kind, **fields)
+        return found[-1] if found else None
+
+    def configs(self, kind: str, keys: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        """The distinct values of ``keys`` among rows of ``kind``, in first-seen order."""
+        seen: dict[tuple[Any, ...], None] = {}
+        for row in self.select(kind):
+            seen.setdefault(tuple(row.get(key) for key in keys), None)
+        return list(seen)
+
+    def copy_bandwidth(self, device: str) -> float | None:
+        """Measured copy bandwidth of ``device`` in bytes/s (``bench_bandwidth.py``), or ``None``."""
+        row = self.one("copy", device=device)
+        return None if row is None else row["bytes_moved"] / row["median_s"]
+
+
+def _commit(info: dict[str, Any]) -> str:
+    commit = str(info.get("id") or "unknown")[:7]
+    return f"{commit} (uncommitted changes)" if info.get("dirty") else commit
+
+
+def load(paths: list[Path]) -> Results:
+    """The rows of the pytest-benchmark JSON files ``paths`` (``--benchmark-json``), in order.
+
+    Raises ``ValueError`` naming a file that is not such a JSON file.
+    """
+    results = Results()
+    for index, path in enumerate(paths):
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or "benchmarks" not in data or "machine_info" not in data:
+            raise ValueError(f"{path} is not a pytest-benchmark JSON file (--benchmark-json): no 'benchmarks'")
+        machine = data["machine_info"]
+        results.runs.append(
+            Run(
+                path=str(path),
+                datetime=str(data.get("datetime", "unknown")),
+                commit=_commit(data.get("commit_info") or {}),
+                machine=machine.get("dropclass_fast", {}),
+                cpu_brand=str((machine.get("cpu") or {}).get("brand_raw", machine.get("machine", "unknown"))),
+            )
+        )
+        for bench in data["benchmarks"]:
+            stats = bench["stats"]
+            row = dict(bench.get("extra_info") or {})
+            row.update(
+                median_s=float(stats["median"]),
+                min_s=float(stats["min"]),
+                rounds=int(stats["rounds"]),
+                run=index,
+                name=bench["name"],
+            )
+            results.rows.append(row)
+    return results

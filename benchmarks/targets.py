@@ -1,0 +1,180 @@
+"""The performance targets of the benchmark issue and the core, Triton and CUDA issues, judged on measured rows.
+
+Each :class:`Target` says what was measured and whether the target is ``met``, ``not met``,
+``reported`` (a comparison the issue asks to report, with no threshold) or ``not measured`` (no
+such rows in the runs: never estimated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from results import Results, Row
+
+MET, NOT_MET, REPORTED, NOT_MEASURED = "met", "not met", "reported", "not measured"
+GPU_KERNEL_BACKENDS = ("triton", "cuda")
+STEP_VARIANTS = ("baseline", "official", "dropclass_fast")
+
+
+@dataclass
+class Target:
+    """One line of the targets table."""
+
+    name: str
+    measured: str
+    status: str
+
+
+def _status(ok: bool) -> str:
+    return MET if ok else NOT_MET
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float:
+    """``numerator / denominator``; NaN where either is missing or the denominator is 0 (printed as ``nan``)."""
+    if numerator is None or not denominator:
+        return float("nan")
+    return numerator / denominator
+
+
+def _ms(row: Row) -> str:
+    return f"{1e3 * row['median_s']:.2f} ms"
+
+
+def cpu_op_shape(results: Results) -> str | None:
+    """The op shape of the CPU rows: ``"cpu"`` when measured, else the first CPU shape (a smoke run's)."""
+    shapes = [shape for device, shape in results.configs("op", ("device", "shape")) if device == "cpu"]
+    return "cpu" if "cpu" in shapes else (shapes[0] if shapes else None)
+
+
+def _core_targets(results: Results) -> list[Target]:
+    speed = "fused `seg_cross_entropy` fwd+bwd at least 4x faster than eager (CPU, float32)"
+    memory = "fused `seg_cross_entropy` peak extra memory at most 1/8 of eager's (CPU, float32)"
+    shape = cpu_op_shape(results)
+    where = {"op": "seg_cross_entropy", "mode": "fwd+bwd", "dtype": "float32", "device": "cpu", "shape": shape}
+    cpp, eager = results.one("op", impl="cpp", **where), results.one("op", impl="eager", **where)
+    if cpp is None or eager is None:
+        return [Target(speed, "no cpp/eager rows", NOT_MEASURED), Target(memory, "no cpp/eager rows", NOT_MEASURED)]
+    suite_speedup = eager["median_s"] / cpp["median_s"]
+    measured = f"{cpp['shape_label']}: suite {suite_speedup:.2f}x ({_ms(cpp)} vs {_ms(eager)})"
+    interleaved = results.one("interleaved", dtype="float32", shape=shape)
+    if interleaved is not None:
+        judged = interleaved["speedup_median"]
+        measured += (
+            f"; interleaved {judged:.2f}x (median of {interleaved['rounds']} rounds, "
+            f"{interleaved['speedup_min']:.2f}-{interleaved['speedup_max']:.2f}), judged on it"
+        )
+    else:
+        judged = suite_speedup
+    targets = [Target(speed, measured, _status(judged >= 4.0))]
+    fused_mib, eager_mib = cpp.get("peak_extra_mib"), eager.get("peak_extra_mib")
+    if fused_mib is None or not eager_mib:
+        targets.append(Target(memory, "peak memory not measured", NOT_MEASURED))
+    else:
+        ratio = fused_mib / eager_mib
+        text = f"{fused_mib:.1f} vs {eager_mib:.1f} MiB = {ratio:.3f}"
+        targets.append(Target(memory, text, _status(ratio <= 1 / 8)))
+    return targets
+
+
+def _gpu_kernel_targets(results: Results, backend: str) -> list[Target]:
+    prefix = f"{backend}: `dropclass_loss` fwd+bwd, Cityscapes shape (B=12, K=19, 128x256 -> 512x1024)"
+    names = {
+        "eager": f"{prefix}, at least 10x eager",
+        "compile": f"{prefix}, at least 3x torch.compile of eager",
+        "floor": f"{prefix}, within 2x of the bandwidth floor (bytes it must move / measured copy bandwidth)",
+        "memory": f"{prefix}, peak extra memory at most 1/10 of eager's",
+    }
+    where = {"op": "dropclass_loss", "mode": "fwd+bwd", "device": "cuda", "shape": "cityscapes"}
+    targets = []
+    copy_bandwidth = results.copy_bandwidth("cuda")
+    for dtype in ("bfloat16", "float32"):
+        fused = results.one("op", impl=backend, dtype=dtype, **where)
+        eager = results.one("op", impl="eager", dtype=dtype, **where)
+        compiled = results.one("op", impl="compile", dtype=dtype, **where)
+        if fused is None:
+            continue
+        if eager is not None:
+            speedup = eager["median_s"] / fused["median_s"]
+            targets.append(Target(f"{names['eager']} ({dtype})", f"{speedup:.2f}x", _status(speedup >= 10)))
+            ratio = _ratio(fused["peak_extra_mib"], eager["peak_extra_mib"])
+            text = f"{fused['peak_extra_mib']:.1f} vs {eager['peak_extra_mib']:.1f} MiB = {ratio:.3f}"
+            targets.append(Target(f"{names['memory']} ({dtype})", text, _status(ratio <= 0.1)))
+        if compiled is not None:
+            speedup = compiled["median_s"] / fused["median_s"]
+            targets.append(Target(f"{names['compile']} ({dtype})", f"{speedup:.2f}x", _status(speedup >= 3)))
+        if copy_bandwidth is not None:
+            floor_s = fused["bytes_moved"] / copy_bandwidth
+            ratio = fused["median_s"] / floor_s
+            text = f"{_ms(fused)} vs floor {1e3 * floor_s:.2f} ms = {ratio:.2f}x"
+            targets.append(Target(f"{names['floor']} ({dtype})", text, _status(ratio <= 2)))
+    if not targets:
+        reason = "no CUDA rows in these runs" if not results.select("op", device="cuda") else f"no {backend} rows"
+        return [Target(name, reason, NOT_MEASURED) for name in names.values()]
+    return targets
+
+
+def _step_rows(results: Results, device: str, shape: str, precision: str) -> dict[str, Row]:
+    rows = {}
+    for variant in STEP_VARIANTS:
+        row = results.one("train_step", device=device, shape=shape, precision=precision, variant=variant)
+        if row is not None:
+            rows[variant] = row
+    return rows
+
+
+def _gpu_step_targets(results: Results) -> list[Target]:
+    time_name = "GPU step (bf16 autocast, Cityscapes shape): dropclass_fast at most 1.10x the baseline step time"
+    memory_name = "GPU step (bf16 autocast, Cityscapes shape): dropclass_fast peak memory at most the baseline's"
+    official_name = "GPU step (bf16 autocast, Cityscapes shape): official-style eager DropClass beside it"
+    rows = _step_rows(results, "cuda", "cityscapes", "bf16-autocast")
+    if "baseline" not in rows or "dropclass_fast" not in rows:
+        reason = "no CUDA training-step rows in these runs"
+        return [Target(name, reason, NOT_MEASURED) for name in (time_name, memory_name, official_name)]
+    base, fast = rows["baseline"], rows["dropclass_fast"]
+    time_ratio = fast["median_s"] / base["median_s"]
+    memory_ratio = _ratio(fast["peak_extra_mib"], base["peak_extra_mib"])
+    targets = [
+        Target(time_name, f"{_ms(fast)} vs {_ms(base)} = {time_ratio:.3f}x", _status(time_ratio <= 1.10)),
+        Target(
+            memory_name,
+            f"{fast['peak_extra_mib']:.0f} vs {base['peak_extra_mib']:.0f} MiB = {memory_ratio:.3f}",
+            _status(memory_ratio <= 1.0),
+        ),
+    ]
+    official = rows.get("official")
+    if official is None:
+        targets.append(Target(official_name, "no official-style row", NOT_MEASURED))
+    else:
+        text = (
+            f"{_ms(official)} = {official['median_s'] / base['median_s']:.3f}x baseline, "
+            f"{official['peak_extra_mib']:.0f} MiB = {_ratio(official['peak_extra_mib'], base['peak_extra_mib']):.3f}"
+        )
+        targets.append(Target(official_name, text, REPORTED))
+    return targets
+
+
+def _cpu_step_target(results: Results) -> Target:
+    name = "CPU step (small shape, float32): baseline, official-style DropClass, dropclass_fast"
+    configs = [c for c in results.configs("train_step", ("device", "shape", "precision")) if c[0] == "cpu"]
+    for device, shape, precision in configs:
+        rows = _step_rows(results, device, shape, precision)
+        if len(rows) == len(STEP_VARIANTS):
+            base = rows["baseline"]
+            parts = [
+                f"{variant} {_ms(row)} ({row['median_s'] / base['median_s']:.2f}x), "
+                f"{row['peak_extra_mib']:.0f} MiB ({_ratio(row['peak_extra_mib'], base['peak_extra_mib']):.2f})"
+                for variant, row in rows.items()
+            ]
+            return Target(name, f"{base['shape_label']}: " + "; ".join(parts), REPORTED)
+    return Target(name, "no CPU training-step rows", NOT_MEASURED)
+
+
+def evaluate(results: Results) -> list[Target]:
+    """Every target, in the order of the issue: GPU step, CPU step, core kernels, Triton, CUDA."""
+    return [
+        *_gpu_step_targets(results),
+        _cpu_step_target(results),
+        *_core_targets(results),
+        *_gpu_kernel_targets(results, "triton"),
+        *_gpu_kernel_targets(results, "cuda"),
+    ]

@@ -1,0 +1,148 @@
+"""The benchmark suite cannot rot: a smoke run of every benchmark on CPU, the report on its output.
+
+Also checks, against independent references, what the numbers rest on: the official-style DropClass
+of the training-step benchmark computes the same loss and drop-path logits as ``dropclass_fast``,
+the bytes an op must move, and how the report judges a target.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import dropclass_fast
+from dropclass_fast import reference
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO_ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import cases  # noqa: E402 - benchmarks/ is not a package
+import official_dropclass  # noqa: E402
+import results  # noqa: E402
+import targets  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CPU_IMPLS = ("eager", "cpp", "compile")
+STEP_VARIANTS = ("baseline", "baseline_fused", "official", "dropclass_fast")
+EXPECTED_OP_ROWS = set(itertools.product(cases.OPS, cases.MODES, cases.DTYPES, CPU_IMPLS))  # (op, mode, dtype, impl)
+
+
+@pytest.fixture(scope="module")
+def smoke_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One smoke run of the whole suite on CPU (``DROPCLASS_BENCH_SMOKE=1``), its pytest-benchmark JSON."""
+    path = tmp_path_factory.mktemp("bench") / "smoke.json"
+    env = {**os.environ, "DROPCLASS_BENCH_SMOKE": "1", "DROPCLASS_BENCH_DEVICES": "cpu"}
+    command = [sys.executable, "-m", "pytest", str(BENCH_DIR), "--benchmark-only", f"--benchmark-json={path}",
+               "-q", "-p", "no:cacheprovider"]  # fmt: skip
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return path
+
+
+def test_smoke_run_has_a_row_for_every_op_backend_mode_and_step(smoke_json: Path, cpp_backend: str) -> None:
+    rows = results.load([smoke_json])
+    op_rows = rows.select("op", device="cpu", shape="smoke")
+    assert {(r["op"], r["mode"], r["dtype"], r["impl"]) for r in op_rows} == EXPECTED_OP_ROWS
+    assert len(op_rows) == len(EXPECTED_OP_ROWS)
+    for row in op_rows:
+        assert row["median_s"] > 0 and row["rounds"] == 1, row
+        assert row["peak_extra_mib"] >= 0 and row["peak_method"].startswith("child process"), row
+        assert row["bytes_moved"] == cases.bytes_moved(row), row
+    assert all(r["compile_backend"] == "eager" for r in op_rows if r["impl"] == "compile")
+    steps = rows.select("train_step", device="cpu", shape="smoke", precision="float32")
+    assert sorted(r["variant"] for r in steps) == sorted(STEP_VARIANTS)
+    assert all(r["peak_extra_mib"] > 0 for r in steps), steps
+    assert {r["dropclass_backend"] for r in steps if "dropclass_backend" in r} == {"cpp"}
+    assert sorted(r["dtype"] for r in rows.select("interleaved")) == sorted(cases.DTYPES)
+    assert rows.copy_bandwidth("cpu") > 0
+    assert not rows.select("op", device="cuda")
+
+
+def test_report_writes_results_md_and_pngs_from_the_smoke_run(smoke_json: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "report.py"), "--json", str(smoke_json), "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = (tmp_path / "RESULTS.md").read_text()
+    table_rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    op_cells = {(cells[0].removeprefix("| "), *cells[1:4]) for cells in table_rows if len(cells) == 11}
+    assert EXPECTED_OP_ROWS <= op_cells
+    assert {cells[0] for cells in table_rows if len(cells) == 6} >= {f"| {v}" for v in STEP_VARIANTS}
+    assert "smoke run" in text and "torch " + torch.__version__ in text
+    assert text.count("**not measured**") >= 3 + 2 * 4  # GPU step targets, Triton and CUDA kernel targets
+    for name in ("speedup.png", "train_step.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_official_style_loss_equals_the_reference_dropclass_loss() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits, drop_logits = torch.randn(2, 5, 6, 7, generator=g), torch.randn(2, 5, 6, 7, generator=g)
+    target = torch.randint(0, 5, (2, 23, 27), generator=g)
+    target[:, :3] = 255
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])
+    official = official_dropclass.official_dropclass_loss(logits, drop_logits, target, keep, 0.3, alpha=10.0)
+    expected, _ = reference.dropclass_loss(logits, drop_logits, target, keep, 0.3, alpha=10.0)
+    torch.testing.assert_close(official, expected)
+
+
+def test_official_style_head_matches_dropclass_drop_path() -> None:
+    """The official-style head and ``DropClass`` with the same weights give the same logits and drop logits."""
+    models = pytest.importorskip("dropclass_fast.models")
+    torch.manual_seed(0)
+    head = official_dropclass.OfficialDropClassHead(models.build_model("hrnet_v2", 7, dropclass=False))
+    for module in (head.clsdrop_conv1, head.clsdrop_bn1):
+        for param in module.parameters():
+            nn.init.normal_(param, std=0.1)
+    classifier = head.model.head()[-1]
+    nn.init.normal_(classifier.weight, std=0.1)
+    dc = dropclass_fast.DropClass(classifier)
+    dc.select[0].load_state_dict(head.clsdrop_conv1.state_dict())
+    dc.select[1].load_state_dict(head.clsdrop_bn1.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    keep = torch.ones(7)
+    keep[2] = 0.0
+    with torch.no_grad():
+        logits, drop_logits = head(images, keep)
+        out = dc(head.model.features(images), keep=keep)
+    torch.testing.assert_close(logits, out.logits)
+    torch.testing.assert_close(drop_logits, out.drop_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_bytes_moved_counts_inputs_outputs_and_gradients_once() -> None:
+    shape = {"B": 2, "K": 3, "C": 4, "h": 5, "w": 6, "H": 10, "W": 12}
+    logits_f32, labels = 2 * 3 * 5 * 6 * 4, 2 * 10 * 12 * 8
+    features_bf16 = 2 * 4 * 5 * 6 * 2
+    assert cases.bytes_moved({"op": "seg_cross_entropy", "mode": "fwd", **shape}) == logits_f32 + labels
+    assert cases.bytes_moved({"op": "seg_cross_entropy", **shape}) == 2 * logits_f32 + labels
+    assert cases.bytes_moved({"op": "dropclass_loss", **shape}) == 4 * logits_f32 + labels
+    assert cases.bytes_moved({"op": "dropped_class_prob", "mode": "fwd", **shape}) == logits_f32
+    assert cases.bytes_moved({"op": "channel_mask", "dtype": "bfloat16", **shape}) == 5 * features_bf16
+
+
+def _row(impl: str, median_s: float, peak: float) -> dict:
+    return {"kind": "op", "op": "seg_cross_entropy", "mode": "fwd+bwd", "dtype": "float32", "device": "cpu",
+            "shape": "cpu", "shape_label": "B2", "impl": impl, "median_s": median_s, "min_s": median_s,
+            "peak_extra_mib": peak}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cpp_s", "cpp_mib", "speed", "memory"),
+    [(0.1, 20.0, "met", "met"), (0.2, 20.0, "not met", "met"), (0.1, 30.0, "met", "not met")],
+)
+def test_core_targets_are_judged_on_the_measured_ratios(cpp_s: float, cpp_mib: float, speed: str, memory: str) -> None:
+    """eager 0.5 s, 200 MiB: 5x / 2.5x faster; 20 MiB = 1/10, 30 MiB = 0.15 > 1/8."""
+    measured = results.Results(rows=[_row("eager", 0.5, 200.0), _row("cpp", cpp_s, cpp_mib)])
+    judged = {t.name: t.status for t in targets.evaluate(measured)}
+    core = [status for name, status in judged.items() if "seg_cross_entropy" in name]
+    assert core == [speed, memory]
+    gpu = [status for name, status in judged.items() if name.startswith(("triton", "cuda", "GPU"))]
+    assert gpu and set(gpu) == {"not measured"}
