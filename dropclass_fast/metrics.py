@@ -106,3 +106,70 @@ def format_iou_table(class_names: Sequence[str], ious: Mapping[str, torch.Tensor
 
 def _percent(value: float) -> str:
     return "n/a" if value != value else f"{value:.1f}"
+
+
+def subset_miou(iou: torch.Tensor, classes: Sequence[int]) -> float:
+    """Mean of ``iou`` (``[K]``) over the class indices ``classes`` (NaN entries skipped, as in :func:`mean_iou`)."""
+    indices = _check_class_indices(classes, iou.numel(), "classes")
+    return mean_iou(iou.reshape(-1)[indices])
+
+
+def least_frequent_classes(frequency: torch.Tensor, count: int | None = None) -> list[int]:
+    """The ``count`` classes of lowest ``frequency`` (``[K]``), least frequent first; the ``mIoU†`` set.
+
+    ``count`` defaults to ``K // 2`` (Table C-2: the 10 least frequent of VOC's 20
+    classes). Ties keep the class order.
+    """
+    frequency = _check_vector(frequency, "frequency")
+    count = frequency.numel() // 2 if count is None else _check_count(count, frequency.numel())
+    if bool(frequency.isnan().any()):
+        raise ValueError(f"frequency must not contain NaN, got {frequency.tolist()}")
+    return torch.sort(frequency.double().cpu(), stable=True).indices[:count].tolist()
+
+
+def most_vulnerable_classes(delta: torch.Tensor, count: int = 9) -> list[int]:
+    """The ``count`` classes with the largest IoU drop (most negative ``delta = IoU(I*) - IoU(I)``), largest first.
+
+    The ``mIoU*`` set of Table B-1 (9 of Cityscapes' 19 classes). NaN deltas
+    (classes absent from the evaluation) come last; ties keep the class order.
+    """
+    delta = _check_vector(delta, "delta")
+    count = _check_count(count, delta.numel())
+    return vulnerability_order(delta)[:count]
+
+
+def vulnerability_order(delta: torch.Tensor) -> list[int]:
+    """Every class index sorted by ``delta`` ascending (largest drop first), NaN last; Table B-1's column order."""
+    delta = _check_vector(delta, "delta").double().cpu()
+    key = torch.where(delta.isnan(), torch.full_like(delta, float("inf")), delta)
+    return torch.sort(key, stable=True).indices.tolist()
+
+
+def miou_least_frequent(iou: torch.Tensor, frequency: torch.Tensor, count: int | None = None) -> float:
+    """``mIoU†``: the mean IoU over the ``count`` least frequent classes (default: the least frequent half)."""
+    return subset_miou(iou, least_frequent_classes(frequency, count))
+
+
+def miou_most_vulnerable(iou: torch.Tensor, delta: torch.Tensor, count: int = 9) -> float:
+    """``mIoU*``: the mean of ``iou`` over the ``count`` classes with the largest drop in ``delta``."""
+    return subset_miou(iou, most_vulnerable_classes(delta, count))
+
+
+def _check_vector(values: object, name: str) -> torch.Tensor:
+    if not isinstance(values, torch.Tensor) or values.dim() != 1 or not values.is_floating_point():
+        got = f"shape {tuple(values.shape)}, dtype {values.dtype}" if isinstance(values, torch.Tensor) else type(values)
+        raise TypeError(f"{name} must be a 1-D floating tensor [K], got {got}")
+    return values
+
+
+def _check_count(count: object, num_classes: int) -> int:
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= num_classes:
+        raise ValueError(f"count must be an int in [1, {num_classes}] (the number of classes), got {count!r}")
+    return count
+
+
+def _check_class_indices(classes: Sequence[int], num_classes: int, name: str) -> list[int]:
+    indices = [int(c) for c in classes]
+    if not indices or any(not 0 <= c < num_classes for c in indices) or len(set(indices)) != len(indices):
+        raise ValueError(f"{name} must be distinct class indices in [0, {num_classes}), got {list(classes)}")
+    return indices
