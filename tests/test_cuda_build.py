@@ -1,15 +1,25 @@
-"""The CUDA sources compile without a GPU: ``nvcc -c`` of every kernel for sm_80 and sm_90, warnings as errors.
+"""The CUDA sources without a GPU: ``nvcc -c`` of every kernel for sm_80 and sm_90, warnings as errors, and the
+kernels run on the CPU under emulation against the CPU kernels.
 
 Also a syntax check of the CUDA torch bindings against the installed torch's
 headers (a CPU build of torch ships the ``c10/cuda`` headers, not their
-generated config, which the check stands in for). Skipped, with the reason,
-where nvcc is not installed. The compilations run in parallel, once per
-session.
+generated config, which the check stands in for). The nvcc tests are skipped,
+with the reason, where nvcc is not installed. The compilations run in
+parallel, once per session.
+
+Emulation (``csrc/tests/cuda_emulation.h``): each ``.cu`` file is rewritten
+(kernel launches into calls, dynamic shared memory into a buffer), compiled by
+the host C++ compiler with stand-in CUDA headers, and
+``csrc/tests/test_cuda_emulated.cpp`` compares every kernel with the CPU
+kernels (values, gradients, error reporting). It checks the kernels' logic
+(tiling, ownership, halo, reductions), not GPU timing or memory-model effects;
+those are the GPU tests' job (tests/test_cuda_ops.py).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +46,18 @@ def _find_nvcc() -> Path | None:
 
 NVCC = _find_nvcc()
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA_HOME, CUDA_PATH, /usr/local/cuda, PATH)")
+
+
+CPP_TESTS = CSRC / "tests"
+STAND_IN_HEADERS = ("cuda_runtime.h", "cuda_runtime_api.h", "cuda_fp16.h", "cuda_bf16.h")
+_LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;<>]*>)?)<<<(.*?)>>>\(", re.S)
+_DYNAMIC_SHARED = "extern __shared__ float smem[];"
+
+
+def emulated_source(cuda_source: str) -> tuple[str, int]:
+    """``cuda_source`` with its kernel launches turned into ``emu::launch`` calls; also the number of launches."""
+    text = cuda_source.replace(_DYNAMIC_SHARED, "float* smem = emu::dyn_smem.data();")
+    return _LAUNCH.subn(lambda m: f"emu::launch({m.group(2)}, {m.group(1)}, ", text)
 
 
 def _kernel_command(source: Path, arch: str, out_dir: Path) -> list[str]:
@@ -121,3 +143,47 @@ def test_nvcc_flags_follow_torch_cuda_arch_list():
     assert "-gencode=arch=compute_80,code=sm_80" in default
     assert "-gencode=arch=compute_90,code=sm_90" in default
     assert not any("gencode" in flag for flag in _build.nvcc_flags("8.0;9.0+PTX"))
+
+
+def test_emulation_rewrites_every_launch():
+    for source in KERNELS:
+        text = source.read_text()
+        rewritten, launches = emulated_source(text)
+        assert launches == text.count("<<<"), source.name
+        assert "<<<" not in rewritten and "extern __shared__" not in rewritten, source.name
+
+
+def _host_compiler() -> str | None:
+    compiler = os.environ.get("CXX") or "g++"
+    return shutil.which(compiler)
+
+
+def test_cuda_kernels_match_cpu_kernels_under_emulation(tmp_path):
+    compiler = _host_compiler()
+    if compiler is None:
+        pytest.skip("no host C++ compiler (CXX or g++) to build the emulated kernels")
+    stand_ins = tmp_path / "include"
+    stand_ins.mkdir()
+    for header in STAND_IN_HEADERS:
+        (stand_ins / header).write_text('#pragma once\n#include "cuda_emulation.h"\n')
+    flags = ["-std=c++20", "-O1", "-pthread", "-w", f"-I{stand_ins}", f"-I{CPP_TESTS}", f"-I{CSRC / 'kernels'}"]
+    units = []
+    for source in KERNELS:
+        unit = tmp_path / f"{source.stem}_emulated.cpp"
+        unit.write_text(emulated_source(source.read_text())[0])
+        units.append(unit)
+    units += [*sorted((CSRC / "kernels").glob("*.cpp")), CPP_TESTS / "test_cuda_emulated.cpp"]
+
+    def build(unit: Path) -> subprocess.CompletedProcess:
+        command = [compiler, *flags, "-c", str(unit), "-o", str(tmp_path / f"{unit.stem}.o")]
+        return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        for unit, result in zip(units, pool.map(build, units)):
+            assert result.returncode == 0, f"{unit.name}: {result.stderr[-4000:]}"
+    binary = tmp_path / "test_cuda_emulated"
+    objects = [str(tmp_path / f"{unit.stem}.o") for unit in units]
+    subprocess.run([compiler, "-pthread", *objects, "-o", str(binary)], check=True, capture_output=True, timeout=600)
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.stdout.strip().endswith("0 failed"), result.stdout[-2000:]

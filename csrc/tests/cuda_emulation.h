@@ -1,0 +1,129 @@
+// Host emulation of the CUDA constructs that csrc/kernels/*.cu use, so that the
+// CUDA kernels run (slowly) on a machine without a GPU and can be compared
+// with the CPU kernels: tests/test_cuda_build.py rewrites each kernel launch
+// `k<<<grid, block, smem, stream>>>(args)` into `emu::launch(grid, block, smem,
+// stream, k, args)` and `extern __shared__` into the dynamic buffer below,
+// puts one-line cuda_runtime.h / cuda_fp16.h / ... headers that include this
+// file first on the include path, and builds test_cuda_emulated.cpp.
+//
+// A launch runs blockDim.x std::threads that execute the blocks one after the
+// other; __syncthreads is a std::barrier, __shfl_down_sync goes through the
+// block (every caller here is block-uniform), atomics take a mutex, and
+// __shared__ variables are function statics (one block at a time).  Dynamic
+// shared memory starts as NaN so that reads of unwritten entries show.
+// 1-D launches only.  Needs C++20 (<barrier>).
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "common.h"
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+#define __shared__ static
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned a = 1) : x(a) {}
+};
+namespace emu {
+inline thread_local dim3 tIdx, bIdx;
+inline dim3 bDim, gDim;
+inline std::vector<float> dyn_smem;
+inline std::vector<double> shfl_buf;
+inline std::barrier<>* bar = nullptr;
+inline std::mutex& atomic_mutex() { static std::mutex m; return m; }
+}  // namespace emu
+#define threadIdx emu::tIdx
+#define blockIdx emu::bIdx
+#define blockDim emu::bDim
+#define gridDim emu::gDim
+
+inline void __syncthreads() { emu::bar->arrive_and_wait(); }
+template <typename T>
+T __shfl_down_sync(unsigned, T v, int o) {
+  const unsigned t = threadIdx.x;
+  emu::shfl_buf[t] = static_cast<double>(v);
+  emu::bar->arrive_and_wait();
+  const unsigned lane = t & 31u;
+  T r = (lane + o < 32 && t + o < blockDim.x) ? static_cast<T>(emu::shfl_buf[t + o]) : v;
+  emu::bar->arrive_and_wait();
+  return r;
+}
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+  std::lock_guard<std::mutex> g(emu::atomic_mutex());
+  const unsigned long long old = *p;
+  if (v < old) *p = v;
+  return old;
+}
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  std::lock_guard<std::mutex> g(emu::atomic_mutex());
+  const unsigned long long old = *p;
+  *p = old + v;
+  return old;
+}
+inline int atomicOr(int* p, int v) {
+  std::lock_guard<std::mutex> g(emu::atomic_mutex());
+  const int old = *p;
+  *p = old | v;
+  return old;
+}
+template <typename T> inline T __ldg(const T* p) { return *p; }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+
+struct alignas(16) float4 { float x, y, z, w; };
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+
+struct __half { uint16_t bits; };
+struct __nv_bfloat16 { uint16_t bits; };
+inline float __half2float(__half h) { return dropclass_fast::kernels::half_to_float(h.bits); }
+inline __half __float2half_rn(float f) { return {dropclass_fast::kernels::float_to_half(f)}; }
+inline float __bfloat162float(__nv_bfloat16 h) { return dropclass_fast::kernels::bf16_to_float(h.bits); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return {dropclass_fast::kernels::float_to_bf16(f)}; }
+
+typedef struct CUstream_st* cudaStream_t;
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { std::memset(p, v, n); return cudaSuccess; }
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = 227 * 1024; return cudaSuccess; }
+template <typename F> cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+
+namespace emu {
+// blockDim.x threads run the blocks one after the other.
+template <typename Kernel, typename... Args>
+void launch(unsigned grid, unsigned block, size_t smem, cudaStream_t, Kernel k, Args... args) {
+  gDim = dim3(grid);
+  bDim = dim3(block);
+  shfl_buf.assign(block, 0.0);
+  std::barrier<> barrier(block);
+  bar = &barrier;
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < block; ++t)
+    ts.emplace_back([=, &barrier] {
+      tIdx = dim3(t);
+      for (unsigned b = 0; b < grid; ++b) {
+        if (t == 0) dyn_smem.assign(smem / sizeof(float) + 1, std::nanf(""));
+        barrier.arrive_and_wait();
+        bIdx = dim3(b);
+        k(args...);
+        barrier.arrive_and_wait();
+      }
+    });
+  for (auto& t : ts) t.join();
+}
+}  // namespace emu
