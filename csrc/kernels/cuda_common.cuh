@@ -39,16 +39,6 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
   return __float2bfloat16_rn(v);
 }
 
-// Element idx of a float32 / float16 / bfloat16 buffer as float32 (runtime
-// dtype: used where loads are few and a template would multiply kernels).
-__device__ __forceinline__ float load_any(const void* p, DType dtype, int64_t idx) {
-  switch (dtype) {
-    case DType::Float16: return __half2float(static_cast<const __half*>(p)[idx]);
-    case DType::BFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[idx]);
-    default: return __ldg(static_cast<const float*>(p) + idx);
-  }
-}
-
 // Label idx of a target buffer as int64 (runtime label type).
 __device__ __forceinline__ int64_t load_label(const void* p, LabelType type, int64_t idx) {
   switch (type) {

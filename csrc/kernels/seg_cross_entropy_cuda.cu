@@ -26,6 +26,7 @@
 // Per-class storage: registers (K <= 32; KMAX in {8, 16, 24, 32}, loops fully
 // unrolled), or shared memory for larger K (32 threads per block).
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cuda_common.cuh"
@@ -273,22 +274,30 @@ __global__ void __launch_bounds__(threads_for<KMAX>(), min_blocks_for<KMAX>())
       }
       __syncthreads();
     };
-    // Horizontal interpolation of source row y into slot A or B.
+    // Horizontal interpolation of source row y into slot A or B (the dtype
+    // switch outside the class loop).
     auto load_row = [&](int64_t y, bool slot_b) {
       const bool ok = active && y < p.h;
       const int64_t r0 = logit_base + y * p.w + sx.i0, r1 = logit_base + y * p.w + sx.i1;
-      DCF_FOR_CLASSES(c) {
-        float v = 0.f;
-        if (ok)
-          v = load_any(p.logits, p.dtype, r0 + c * plane) * sx.l0 +
-              load_any(p.logits, p.dtype, r1 + c * plane) * sx.l1;
-        if (slot_b) {
-          cs.HB(c) = v;
-          cs.VB(c) = 0.f;
-        } else {
-          cs.HA(c) = v;
-          cs.VA(c) = 0.f;
+      auto fill = [&](auto storage_tag) {
+        using S = decltype(storage_tag);
+        const S* __restrict__ src = static_cast<const S*>(p.logits);
+        DCF_FOR_CLASSES(c) {
+          float v = 0.f;
+          if (ok) v = to_float(src[r0 + c * plane]) * sx.l0 + to_float(src[r1 + c * plane]) * sx.l1;
+          if (slot_b) {
+            cs.HB(c) = v;
+            cs.VB(c) = 0.f;
+          } else {
+            cs.HA(c) = v;
+            cs.VA(c) = 0.f;
+          }
         }
+      };
+      switch (p.dtype) {
+        case DType::Float16: fill(__half{}); break;
+        case DType::BFloat16: fill(__nv_bfloat16{}); break;
+        default: fill(0.f); break;
       }
     };
 
@@ -324,35 +333,42 @@ __global__ void __launch_bounds__(threads_for<KMAX>(), min_blocks_for<KMAX>())
       }
       const int t = static_cast<int>(label);
       if (keep_b && !keep_b[t]) continue;
-      // Row weights; one source row when i1 == i0 (both weights on slot A).
-      const bool one_row = sy.i1 == sy.i0;
-      const float wa = sy.l0, wb = sy.l1;
-      float m = -INFINITY;
-      DCF_FOR_CLASSES(c) {
-        const float z = cs.HA(c) * wa + (one_row ? cs.HA(c) : cs.HB(c)) * wb;
-        m = fmaxf(m, z);
-      }
-      float s = 0.f, zt = 0.f;
-      DCF_FOR_CLASSES(c) {
-        const float z = cs.HA(c) * wa + (one_row ? cs.HA(c) : cs.HB(c)) * wb;
-        const float e = __expf(z - m);
-        cs.E(c) = e;
-        s += e;
-        zt = c == t ? z : zt;
-      }
-      if (own_x && sy.i0 >= ya && sy.i0 < yb) {
-        loss += logf(s) + m - zt;
-        ++count;
-      }
-      if (with_grad) {
+      // Softmax over the classes at (Y, X), loss, and the pixel's gradient
+      // added to the two source rows' accumulators.  When both source rows
+      // are the same (i1 == i0) slot A takes both weights.
+      auto pixel = [&](auto one_row_tag) {
+        constexpr bool kOneRow = decltype(one_row_tag)::value;
+        const float wa = sy.l0, wb = sy.l1;
+        float m = -INFINITY;
+        DCF_FOR_CLASSES(c) { m = fmaxf(m, cs.HA(c) * wa + (kOneRow ? cs.HA(c) : cs.HB(c)) * wb); }
+        float s = 0.f, zt = 0.f;
+        DCF_FOR_CLASSES(c) {
+          const float z = cs.HA(c) * wa + (kOneRow ? cs.HA(c) : cs.HB(c)) * wb;
+          const float e = __expf(z - m);
+          cs.E(c) = e;
+          s += e;
+          zt = c == t ? z : zt;
+        }
+        if (own_x && sy.i0 >= ya && sy.i0 < yb) {
+          loss += logf(s) + m - zt;
+          ++count;
+        }
+        if (!with_grad) return;
         const float r = inv_count / s;
-        const float ga = one_row ? wa + wb : wa, gb = one_row ? 0.f : wb;
         DCF_FOR_CLASSES(c) {
           const float g = cs.E(c) * r - (c == t ? inv_count : 0.f);
-          cs.VA(c) += g * ga;
-          cs.VB(c) += g * gb;
+          if (kOneRow) {
+            cs.VA(c) += g * (wa + wb);
+          } else {
+            cs.VA(c) += g * wa;
+            cs.VB(c) += g * wb;
+          }
         }
-      }
+      };
+      if (sy.i1 == sy.i0)
+        pixel(std::true_type{});
+      else
+        pixel(std::false_type{});
     }
     if (rowA >= 0) {
       flush(rowA, false);
