@@ -339,16 +339,24 @@ __global__ void __launch_bounds__(threads_for<KMAX>(), min_blocks_for<KMAX>())
       auto pixel = [&](auto one_row_tag) {
         constexpr bool kOneRow = decltype(one_row_tag)::value;
         const float wa = sy.l0, wb = sy.l1;
-        float m = -INFINITY;
-        DCF_FOR_CLASSES(c) { m = fmaxf(m, cs.HA(c) * wa + (kOneRow ? cs.HA(c) : cs.HB(c)) * wb); }
-        float s = 0.f, zt = 0.f;
+        // Maximum, denominator and target logit in four interleaved lanes
+        // (class c in lane c % 4): short dependency chains.
+        float m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        DCF_FOR_CLASSES(c) {
+          float& mc = m4[c & 3];
+          mc = fmaxf(mc, cs.HA(c) * wa + (kOneRow ? cs.HA(c) : cs.HB(c)) * wb);
+        }
+        const float m = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
+        float s4[4] = {0.f, 0.f, 0.f, 0.f}, zt4[4] = {0.f, 0.f, 0.f, 0.f};
         DCF_FOR_CLASSES(c) {
           const float z = cs.HA(c) * wa + (kOneRow ? cs.HA(c) : cs.HB(c)) * wb;
           const float e = __expf(z - m);
           cs.E(c) = e;
-          s += e;
-          zt = c == t ? z : zt;
+          s4[c & 3] += e;
+          zt4[c & 3] = c == t ? z : zt4[c & 3];
         }
+        const float s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+        const float zt = (zt4[0] + zt4[1]) + (zt4[2] + zt4[3]);  // one lane holds z_t, the others 0
         if (own_x && sy.i0 >= ya && sy.i0 < yb) {
           loss += logf(s) + m - zt;
           ++count;
