@@ -32,8 +32,6 @@ namespace {
 namespace kn = ::dropclass_fast::kernels;
 namespace kc = ::dropclass_fast::kernels::cuda;
 
-constexpr unsigned long long kNone = ~0ull;
-
 void check_on_device(const at::Tensor& t, const char* name, const at::Device& device) {
   TORCH_CHECK_VALUE(t.is_cuda(), "dropclass_fast CUDA kernel: ", name,
                     " must be a CUDA tensor, got device ", t.device());
@@ -122,14 +120,14 @@ void raise_status(const Status& status, const at::Tensor* target, int64_t K, int
   const at::Tensor host = status.block.to(at::kCPU);
   kc::CudaStatus st;
   std::memcpy(&st, host.data_ptr(), sizeof(st));
-  if (st.bad_keep_index != kNone) {
+  if (st.bad_keep_index != kc::kNoIndex) {
     const double value =
         status.keep_values.flatten()[static_cast<int64_t>(st.bad_keep_index)].item<double>();
     TORCH_CHECK_VALUE(false, "keep must contain only 0 and 1 values, got ", value);
   }
-  TORCH_CHECK_VALUE(st.empty_keep_row == kNone, "keep drops every class in row ",
+  TORCH_CHECK_VALUE(st.empty_keep_row == kc::kNoIndex, "keep drops every class in row ",
                     static_cast<int64_t>(st.empty_keep_row), "; at least one class must be kept");
-  if (target != nullptr && st.bad_label_index != kNone) {
+  if (target != nullptr && st.bad_label_index != kc::kNoIndex) {
     const int64_t value = target->flatten()[static_cast<int64_t>(st.bad_label_index)].item<int64_t>();
     TORCH_CHECK_VALUE(false, "target contains label ", value, " outside [0, ", K,
                       ") that is not ignore_index=", ignore_index);

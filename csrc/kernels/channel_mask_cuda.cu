@@ -25,8 +25,6 @@ struct MaskShape {
 
 MaskShape shape_of(const ChannelMaskArgs& a) { return {a.B, a.C, a.HW, a.K, a.T, a.keep_rows}; }
 
-__device__ __forceinline__ int64_t row_of(int64_t b, int64_t keep_rows) { return keep_rows == 1 ? 0 : b; }
-
 __device__ __forceinline__ float effective_weight(const float* __restrict__ w, int64_t k, int64_t c,
                                                   const MaskShape& m) {
   float acc = 0.f;
@@ -67,12 +65,12 @@ __global__ void __launch_bounds__(kThreads)
     load_packet<S, VEC>(f + e, x);
     if (kChannelsLast) {
       const int64_t c0 = e % m.C;
-      const float* sb = s + row_of(e / (m.HW * m.C), m.keep_rows) * m.C + c0;
+      const float* sb = s + keep_row_of(e / (m.HW * m.C), m.keep_rows) * m.C + c0;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) x[j] *= sb[j];
     } else {
       const int64_t plane = e / m.HW;
-      const float sc = s[row_of(plane / m.C, m.keep_rows) * m.C + plane % m.C];
+      const float sc = s[keep_row_of(plane / m.C, m.keep_rows) * m.C + plane % m.C];
 #pragma unroll
       for (int j = 0; j < VEC; ++j) x[j] *= sc;
     }
@@ -89,7 +87,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ double scratch[32];
   const int64_t task = blockIdx.x;
   const int64_t plane = task / nchunks, chunk = task % nchunks;
-  const float sc = s[row_of(plane / m.C, m.keep_rows) * m.C + plane % m.C];
+  const float sc = s[keep_row_of(plane / m.C, m.keep_rows) * m.C + plane % m.C];
   const int64_t p0 = chunk * kPlaneChunk;
   const int64_t p1 = p0 + kPlaneChunk < m.HW ? p0 + kPlaneChunk : m.HW;
   const int64_t base = plane * m.HW;
@@ -120,7 +118,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t b = task / nchunks, chunk = task % nchunks;
   const int64_t p0 = chunk * kPixelChunk;
   const int64_t p1 = p0 + kPixelChunk < m.HW ? p0 + kPixelChunk : m.HW;
-  const float* sb = s + row_of(b, m.keep_rows) * m.C;
+  const float* sb = s + keep_row_of(b, m.keep_rows) * m.C;
   for (int64_t c0 = threadIdx.x * static_cast<int64_t>(VEC); c0 < m.C;
        c0 += static_cast<int64_t>(blockDim.x) * VEC) {
     float acc[VEC], sv[VEC];
@@ -169,7 +167,7 @@ __global__ void grad_weight_kernel(const float* __restrict__ w, const uint8_t* _
   double acc = 0.0;
   if (effective_weight(w, k, c, m) > 0.f) {
     for (int64_t b = 0; b < m.B; ++b) {
-      const uint8_t* kr = keep + row_of(b, m.keep_rows) * m.K;
+      const uint8_t* kr = keep + keep_row_of(b, m.keep_rows) * m.K;
       if (!kr[k]) continue;
       int64_t n = 0;
       for (int64_t j = 0; j < m.K; ++j) n += kr[j] ? 1 : 0;
@@ -191,7 +189,7 @@ MaskWorkspace carve(const ChannelMaskArgs& a, bool backward, void* base, size_t*
   MaskWorkspace ws{};
   ws.s = wc.take<float>(a.keep_rows * a.C);
   if (backward) {
-    ws.nchunks = a.channels_last ? div_up(a.HW, kPixelChunk) : div_up(a.HW, kPlaneChunk);
+    ws.nchunks = a.channels_last ? ceil_div(a.HW, kPixelChunk) : ceil_div(a.HW, kPlaneChunk);
     ws.partial = wc.take<double>(a.B * a.C * ws.nchunks);
     ws.r = wc.take<double>(a.B * a.C);
   }

@@ -21,10 +21,6 @@ namespace dropclass_fast {
 namespace kernels {
 namespace cuda {
 
-constexpr unsigned long long kNoIndex = ~0ull;
-
-__host__ __device__ inline int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // ---------------------------------------------------------------------------
 // Loads and stores of the storage types as float32.
 // ---------------------------------------------------------------------------
@@ -38,6 +34,9 @@ template <> __device__ __forceinline__ __half from_float<__half>(float v) { retu
 template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
+
+// Row of the keep mask that applies to sample b (device twin of keep_row).
+__device__ __forceinline__ int64_t keep_row_of(int64_t b, int64_t keep_rows) { return keep_rows == 1 ? 0 : b; }
 
 // Label idx of a target buffer as int64 (runtime label type).
 __device__ __forceinline__ int64_t load_label(const void* p, LabelType type, int64_t idx) {
@@ -97,7 +96,7 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
 // Launch helpers.
 // ---------------------------------------------------------------------------
 inline unsigned grid_for(int64_t work, int64_t per_block, int64_t cap = 65535LL * 32) {
-  const int64_t g = div_up(work, per_block);
+  const int64_t g = ceil_div(work, per_block);
   return static_cast<unsigned>(g < 1 ? 1 : (g > cap ? cap : g));
 }
 

@@ -27,7 +27,8 @@ namespace kernels {
 namespace cuda {
 
 // Input errors found on the device: the smallest offending flat index, or
-// ~0ull when there is none.  Reset with cuda_status_reset before use.
+// kNoIndex when there is none.  Reset with cuda_status_reset before use.
+constexpr unsigned long long kNoIndex = ~0ull;
 struct CudaStatus {
   unsigned long long bad_label_index;  // into the target tensor
   unsigned long long bad_keep_index;   // into the [rows, K] keep values

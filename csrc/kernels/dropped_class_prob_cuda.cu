@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ double scratch[32];
   const int64_t b = blockIdx.x / m.blocks_per_sample;
   const int64_t blk = blockIdx.x % m.blocks_per_sample;
-  const uint8_t* kb = keep + (m.keep_rows == 1 ? 0 : b) * m.K;
+  const uint8_t* kb = keep + keep_row_of(b, m.keep_rows) * m.K;
 
   // Dropped (sample, class) pairs over the batch, and whether sample b drops any.
   double dropped_rows = 0.0;
@@ -115,7 +115,7 @@ struct DcpWorkspace {
 DcpWorkspace carve(const DroppedClassProbArgs& a, int vec, void* base, size_t* bytes) {
   WorkspaceCarver wc(base);
   DcpWorkspace ws{};
-  ws.nblocks = a.B * div_up(a.P, static_cast<int64_t>(kThreads) * vec);
+  ws.nblocks = a.B * ceil_div(a.P, static_cast<int64_t>(kThreads) * vec);
   ws.partial = wc.take<double>(ws.nblocks);
   if (bytes) *bytes = wc.bytes();
   return ws;

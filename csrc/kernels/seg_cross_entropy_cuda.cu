@@ -214,7 +214,7 @@ __global__ void __launch_bounds__(threads_for<KMAX>(), min_blocks_for<KMAX>())
     for (int64_t i = tid; i < p.K * p.TY * p.TX; i += NT) gacc[i] = 0.f;
   const float inv_count =
       with_grad && *p.count_in > 0 ? static_cast<float>(1.0 / static_cast<double>(*p.count_in)) : 0.f;
-  const uint8_t* keep_b = p.keep ? p.keep + (p.keep_rows == 1 ? 0 : b) * p.K : nullptr;
+  const uint8_t* keep_b = p.keep ? p.keep + keep_row_of(b, p.keep_rows) * p.K : nullptr;
 
   const int64_t Ylo = first_source_at_least<true>(p.ay, ya);
   const int64_t Yhi = first_source_at_least<false>(p.ay, yb);
@@ -415,7 +415,7 @@ __global__ void __launch_bounds__(kCountThreads)
        v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t e = v * VEC;
     const Packet<L, VEC> pk = *reinterpret_cast<const Packet<L, VEC>*>(target + e);
-    const uint8_t* kb = keep ? keep + (keep_rows == 1 ? 0 : e / HW) * K : nullptr;  // HW % VEC == 0
+    const uint8_t* kb = keep ? keep + keep_row_of(e / HW, keep_rows) * K : nullptr;  // HW % VEC == 0
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       const int64_t label = static_cast<int64_t>(pk.v[j]);
@@ -490,9 +490,9 @@ TilePlan plan_tiles(const Axis& ay, const Axis& ax, int nthreads, int64_t rows) 
   int64_t TX = static_cast<int64_t>((nthreads - 2.0 * std::ceil(ratio) - 2.0) / ratio);
   TX = std::max<int64_t>(1, std::min(TX, ax.in));
   while (TX > 1 && widest_footprint(ax, TX, i0, i1) > nthreads) --TX;
-  t.tiles_x = div_up(ax.in, TX);
-  t.TX = div_up(ax.in, t.tiles_x);
-  t.tiles_y = div_up(ay.in, t.TY);
+  t.tiles_x = ceil_div(ax.in, TX);
+  t.TX = ceil_div(ax.in, t.tiles_x);
+  t.tiles_y = ceil_div(ay.in, t.TY);
   return t;
 }
 
@@ -571,7 +571,7 @@ cudaError_t seg_cross_entropy_cuda(const SegCrossEntropyArgs& a, float* loss, Cu
   };
   while (shared_bytes(t) > static_cast<size_t>(max_shared) && t.TY > 1) {
     t.TY = (t.TY + 1) / 2;
-    t.tiles_y = div_up(a.h, t.TY);
+    t.tiles_y = ceil_div(a.h, t.TY);
   }
   if (shared_bytes(t) > static_cast<size_t>(max_shared)) return cudaErrorInvalidConfiguration;
 
