@@ -1,0 +1,256 @@
+"""Analysis tools: erasing (I*), class frequency, bias vulnerability (Table B-1), the probe, tables, the experiment."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dropclass_fast.analysis import (
+    ErasedDataset,
+    EvalOptions,
+    Table,
+    bias_table,
+    bias_vulnerability,
+    class_frequency,
+    erase_classes,
+    fill_colour,
+    frequency_table,
+    probe_table,
+    reconstruction_probe,
+    top_influential,
+)
+from dropclass_fast.analysis.cli import main
+from dropclass_fast.data import SegmentationDataset, SyntheticStreets, TrainTransform
+from dropclass_fast.metrics import vulnerability_order
+from dropclass_fast.models import build_model, predict
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class TinyLabels(SegmentationDataset):
+    """Three hand-written 2x3 labels over 4 classes (255 = ignore); images are a gradient."""
+
+    num_classes = 4
+    class_names = ("a", "b", "c", "d")
+    palette = np.array([(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)], dtype=np.uint8)
+    labels = (
+        np.array([[0, 0, 1], [1, 255, 1]], dtype=np.uint8),
+        np.array([[2, 2, 2], [2, 2, 0]], dtype=np.uint8),
+        np.array([[255, 1, 1], [0, 0, 0]], dtype=np.uint8),
+    )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image = (np.arange(18, dtype=np.uint8).reshape(2, 3, 3) * 10 + 7 * index).astype(np.uint8)
+        return image, self.labels[index]
+
+
+def test_frequency_by_hand():
+    dataset = TinyLabels()
+    # pixels (255 not counted): a 2 + 1 + 3 = 6, b 3 + 0 + 2 = 5, c 0 + 5 + 0 = 5, d 0 -> of 16
+    assert class_frequency(dataset, "pixel").tolist() == pytest.approx([6 / 16, 5 / 16, 5 / 16, 0.0])
+    # images containing each class: a 3, b 2, c 1, d 0 -> of 6
+    assert class_frequency(dataset, "image").tolist() == pytest.approx([3 / 6, 2 / 6, 1 / 6, 0.0])
+    assert class_frequency(dataset, "image", limit=1).tolist() == pytest.approx([0.5, 0.5, 0.0, 0.0])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        class_frequency(dataset, "instance")
+
+
+def test_erasing_changes_only_the_chosen_classes():
+    dataset = TinyLabels()
+    image, label = dataset.load_raw(0)
+    fill = np.array([1, 2, 3], dtype=np.uint8)
+    erased_image, erased_label = erase_classes(image, label, [1, 3], fill)
+    chosen = label == 1
+    assert np.array_equal(erased_image[chosen], np.tile(fill, (int(chosen.sum()), 1)))
+    assert np.array_equal(erased_image[~chosen], image[~chosen])
+    assert np.array_equal(erased_label, np.where(chosen, 255, label))
+    assert dataset.load_raw(0)[1][0, 2] == 1  # the input is not modified
+
+
+def test_erased_dataset_is_the_dataset_with_pixels_filled():
+    dataset = SyntheticStreets("val", length=2, size=(32, 64), seed=4)
+    unchanged = ErasedDataset(dataset, [])
+    for a, b in zip(unchanged[1], dataset[1]):
+        assert torch.equal(a, b)
+    erased = ErasedDataset(dataset, [1, 6], fill="mean")
+    raw_label = dataset.load_raw(1)[1]
+    image, label = erased[1]
+    original_image, original_label = dataset[1]
+    chosen = torch.from_numpy(np.isin(raw_label, [1, 6]))
+    assert chosen.any()
+    assert torch.equal(label, torch.where(chosen, 255, original_label))
+    # the mean colour normalises to (round(255 m) / 255 - m) / s, at most 0.5 / 255 / s away from 0
+    expected = [(round(255 * m) / 255 - m) / s for m, s in zip(dataset.mean, dataset.std)]
+    assert image[:, chosen].numpy() == pytest.approx(np.repeat(np.array(expected)[:, None], int(chosen.sum()), 1),
+                                                     abs=1e-6)
+    assert torch.equal(image[:, ~chosen], original_image[:, ~chosen])
+    assert fill_colour(dataset, (0, 128, 255)).tolist() == [0, 128, 255]
+    with pytest.raises(ValueError, match="fill must be 'mean' or an RGB triple"):
+        fill_colour(dataset, (0, 300, 0))
+    with pytest.raises(ValueError, match=r"classes must be train ids in \[0, 8\)"):
+        ErasedDataset(dataset, [8])
+
+
+def test_top_influential_ranks_and_skips_the_class_itself():
+    nan = float("nan")
+    influence = torch.tensor(
+        [[nan, 0.2, 0.5, 0.2], [0.1, nan, nan, 0.3], [0.0, 0.0, nan, -0.1], [0.4, 0.4, 0.4, nan]],
+        dtype=torch.float64,
+    )
+    assert top_influential(influence, 2) == ((2, 1), (3, 0), (0, 1), (0, 1))
+    assert top_influential(influence, 3)[1] == (3, 0, 2)  # the NaN entry ranks last
+    with pytest.raises(ValueError, match=r"count must be an int in \[1, 3\]"):
+        top_influential(influence, 4)
+
+
+def _numpy_iou(model: nn.Module, dataset, num_classes: int) -> np.ndarray:
+    """Per-class IoU from argmax predictions, computed with NumPy (independent of ConfusionMatrix/evaluate)."""
+    matrix = np.zeros((num_classes, num_classes))
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            image, label = dataset[i]
+            pred = predict(model.eval(), image[None]).argmax(1)[0].numpy()
+            valid = label.numpy() != 255
+            np.add.at(matrix, (label.numpy()[valid], pred[valid]), 1)
+    tp = np.diag(matrix)
+    with np.errstate(invalid="ignore"):
+        return tp / (matrix.sum(0) + matrix.sum(1) - tp)
+
+
+def _colour_model(seed: int) -> nn.Module:
+    """A per-pixel linear classifier of the colours: a tiny 'segmentation model' whose predictions vary."""
+    torch.manual_seed(seed)
+    return nn.Conv2d(3, 8, 1).eval()
+
+
+def test_bias_vulnerability_matches_an_independent_computation():
+    val = SyntheticStreets("val", length=4, size=(32, 64), seed=2)
+    models = {"baseline": _colour_model(0), "dropclass": _colour_model(1)}
+    report = bias_vulnerability(models, val, reference="dropclass", vulnerable_count=4,
+                                options=EvalOptions(batch_size=4))
+    for name, model in models.items():
+        np.testing.assert_allclose(report.iou[name].numpy(), _numpy_iou(model, val, 8), equal_nan=True)
+    assert torch.isnan(report.influence.diagonal()).all()
+    bicycle = 6
+    erased_iou = _numpy_iou(models["dropclass"], ErasedDataset(val, [bicycle]), 8)
+    expected = report.iou["dropclass"].numpy() - erased_iou
+    expected[bicycle] = np.nan
+    np.testing.assert_allclose(report.influence[:, bicycle].numpy(), expected, equal_nan=True)
+    assert report.top == top_influential(report.influence, 3)
+    for c in (0, 5, 7):  # I*: class c's IoU on the scenes with its Top-3 erased
+        star = _numpy_iou(models["baseline"], ErasedDataset(val, report.top[c]), 8)[c]
+        np.testing.assert_allclose(report.iou_star["baseline"][c].item(), star, equal_nan=True)
+    order = vulnerability_order(report.delta("dropclass"))
+    assert report.vulnerable == order[:4]
+
+    table = bias_table([report], {"baseline": "Baseline", "dropclass": "Ours"})
+    lines = table.to_markdown().splitlines()
+    assert lines[0] == "|  | " + " | ".join([val.class_names[c] for c in order] + ["mIoU", "mIoU*"]) + " |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| Baseline (I)", "| Baseline (I*)", "| Δ (Baseline)", "| Ours (I)", "| Ours (I*)", "| Δ (Ours)"
+    ]
+    cells = lines[3].strip("| ").split(" | ")[1:]  # Baseline (I*)
+    star = report.iou_star["baseline"]
+    expected_cells = [star[c].item() * 100 for c in order]
+    expected_cells += [np.nanmean(star.numpy()) * 100, np.nanmean(star.numpy()[order[:4]]) * 100]
+    for cell, value in zip(cells, expected_cells):
+        assert cell == ("n/a" if np.isnan(value) else f"{value:.1f}".replace("-0.0", "0.0"))
+    rows = list(csv.reader(io.StringIO(table.to_csv())))
+    assert rows[0][:2] == ["row", "stat"] and len(rows) == 7 and rows[1][1] == "value"
+
+    two_seeds = bias_table([report, report]).to_markdown().splitlines()
+    assert " ± 0.0" in two_seeds[2]
+
+
+def test_frequency_table_layout_and_values():
+    names = ("a", "b", "c", "d")
+    frequency = torch.tensor([0.4, 0.1, 0.3, 0.2], dtype=torch.float64)
+    base = torch.tensor([[0.50, 0.20, 0.60, 0.40], [0.70, 0.40, 0.60, 0.40]], dtype=torch.float64)
+    ours = torch.tensor([[0.55, 0.30, 0.60, 0.30], [0.65, 0.50, 0.60, 0.50]], dtype=torch.float64)
+    table = frequency_table(names, frequency, base, ours, labels=("Baseline", "Ours"), frequency_label="Instance %")
+    lines = table.to_markdown().splitlines()
+    assert lines[0] == "|  | b † | d † | c | a | mIoU | mIoU† |"
+    assert lines[2] == "| Instance % | 10.0 | 20.0 | 30.0 | 40.0 | n/a | n/a |"
+    # b: baseline 20, 40 -> 30 ± 14.1; ours 30, 50; Δ 10, 10; Δ% 50, 25 -> 37.5 ± 17.7
+    assert lines[3].split(" | ")[1] == "30.0 ± 14.1"
+    assert lines[5].split(" | ")[1] == "10.0 ± 0.0"
+    assert lines[6].split(" | ")[1] == "37.5 ± 17.7"
+    # mIoU† over b and d: baseline (20+40)/2=30, (40+40)/2=40; ours (30+30)/2=30, (50+50)/2=50 -> Δ 0, 10
+    assert lines[5].split(" | ")[-1] == "5.0 ± 7.1 |"
+    rows = list(csv.reader(io.StringIO(table.to_csv())))
+    assert rows[1] == ["Instance %", "value", "10.0", "20.0", "30.0", "40.0", "", ""]
+    assert rows[2][:3] == ["Baseline", "mean", "30.0"] and rows[3][:3] == ["Baseline", "std", "14.14"]
+
+
+def test_table_rejects_ragged_rows():
+    with pytest.raises(ValueError, match="row 'x' has 1 cells for 2 columns"):
+        Table(("a", "b"), (("x", (np.zeros(1),)),))
+
+
+def test_probe_runs_end_to_end_on_a_tiny_model():
+    torch.manual_seed(0)
+    model = build_model("hrnet_v1", 8, dropclass=True)
+    train_set = SyntheticStreets("train", length=4, size=(32, 64), seed=1)
+    train_set.transform = TrainTransform((32, 64), mean=train_set.mean, std=train_set.std)
+    val = SyntheticStreets("val", length=2, size=(32, 64), seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    result = reconstruction_probe(model, train_set, val, dropped_class=1, iters=3, batch_size=2, lr=0.5,
+                                  options=EvalOptions(batch_size=2))
+    assert result.class_name == "road" and len(result.losses) == 3
+    assert all(np.isfinite(result.losses)) and result.losses[-1] != result.losses[0]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model stays frozen
+    assert result.iou_model == pytest.approx(_numpy_iou(model, val, 8)[1])
+    table = probe_table([result, result]).to_markdown().splitlines()
+    assert table[2].startswith("| road | ") and table[2].count("±") == 4
+    with pytest.raises(TypeError, match="must be a SegmentationModel with DropClass"):
+        reconstruction_probe(build_model("hrnet_v1", 8, dropclass=False), train_set, val, 1)
+
+
+def test_synthetic_experiment_writes_its_report(tmp_path):
+    doc = tmp_path / "docs" / "synthetic_experiment.md"
+    argv = ["synthetic", "--iters", "1", "--seeds", "0", "--train-length", "4", "--val-length", "2",
+            "--image-size", "32", "64", "--crop-size", "32", "64", "--batch-size", "2", "--probe-iters", "1",
+            "--workers", "0", "--eval-batch-size", "2", "--output", str(tmp_path / "runs"), "--doc", str(doc)]
+    assert main(argv) == 0
+    text = doc.read_text()
+    assert "python -m dropclass_fast.analysis synthetic --iters 1 --seeds 0" in text
+    for heading in ("## Summary", "## Table B-1", "## Table C-2 layout", "## Reconstruction probe", "## Figures"):
+        assert heading in text
+    saved = json.loads((tmp_path / "runs" / "seed0" / "analysis.json").read_text())
+    miou = saved["summary"]["baseline"]["miou"] * 100
+    assert f"| mIoU (I) | {miou:.1f} |".replace("-0.0", "0.0") in text
+    assert len(saved["top"]) == 8 and all(len(t) == 3 for t in saved["top"])
+    figures = doc.parent / "synthetic_experiment"
+    for name in ("iou.png", "iou_star.png", "loss.png", "predictions.png", "unbiased.png"):
+        assert (figures / name).read_bytes()[:8] == PNG
+        assert f"](synthetic_experiment/{name})" in text
+    for name in ("table_b1", "table_c2", "probe", "summary"):
+        assert ",stat," in (figures / f"{name}.csv").read_text().splitlines()[0]
+
+
+def test_command_line_frequency_and_bias(tmp_path, capsys):
+    assert main(["frequency", "--synthetic-length", "3", "--synthetic-size", "32", "64", "--output",
+                 str(tmp_path)]) == 0
+    frequency = class_frequency(SyntheticStreets("train", length=3, size=(32, 64), seed=1000))
+    rows = {r[0]: r for r in csv.reader(io.StringIO((tmp_path / "frequency_pixel.csv").read_text()))}
+    assert float(rows["road"][2]) == pytest.approx(100 * frequency[1].item(), abs=0.005)
+    paths = {}
+    for method in ("baseline", "dropclass"):
+        torch.manual_seed(len(method))
+        paths[method] = tmp_path / f"{method}.pt"
+        torch.save(build_model("hrnet_v1", 8, dropclass=method == "dropclass").state_dict(), paths[method])
+    assert main(["bias", "--synthetic-length", "2", "--synthetic-size", "32", "64", "--baseline",
+                 str(paths["baseline"]), "--dropclass", str(paths["dropclass"]), "--vulnerable-count", "4",
+                 "--frequency", "image", "--output", str(tmp_path)]) == 0
+    assert (tmp_path / "table_b1.md").read_text().splitlines()[2].startswith("| Baseline (I) | ")
+    assert (tmp_path / "table_c2.md").read_text().splitlines()[2].startswith("| Instance % | ")
+    assert "table_b1:" in capsys.readouterr().out

@@ -1,0 +1,123 @@
+"""Metrics: mIoU, mIoU† (least frequent half), mIoU* (most bias-vulnerable classes), DDP reduction."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dropclass_fast.metrics import (
+    ConfusionMatrix,
+    least_frequent_classes,
+    mean_iou,
+    miou_least_frequent,
+    miou_most_vulnerable,
+    most_vulnerable_classes,
+    subset_miou,
+    vulnerability_order,
+)
+
+
+def _hand_matrix() -> ConfusionMatrix:
+    """5 classes; class 4 is in neither labels nor predictions; 255 pixels are ignored."""
+    cm = ConfusionMatrix(5)
+    label = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 255], [0, 1, 1, 3, 3, 3, 255, 255]])
+    pred = torch.tensor([[0, 1, 1, 1, 2, 0, 3, 4], [0, 1, 2, 3, 3, 2, 4, 0]])
+    cm.update(pred, label)
+    return cm
+
+
+def test_iou_and_subsets_by_hand():
+    iou = _hand_matrix().iou()
+    # rows label, columns prediction:
+    # class 0: TP 2 (2 labels 0 -> 0), FN 1 (0 -> 1), FP 1 (2 -> 0) -> 2/4
+    # class 1: TP 3, FN 1 (1 -> 2), FP 1 (0 -> 1) -> 3/5
+    # class 2: TP 1, FN 1 (2 -> 0), FP 2 (1 -> 2, 3 -> 2) -> 1/4
+    # class 3: TP 3 (3 -> 3 three times), FN 1 (3 -> 2), FP 0 -> 3/4; class 4: absent -> NaN (255 pixels not counted)
+    assert iou[:4].tolist() == pytest.approx([2 / 4, 3 / 5, 1 / 4, 3 / 4])
+    assert torch.isnan(iou[4])
+    assert mean_iou(iou) == pytest.approx((0.5 + 0.6 + 0.25 + 0.75) / 4)
+    frequency = torch.tensor([0.30, 0.05, 0.40, 0.05, 0.20], dtype=torch.float64)
+    # least frequent half (5 // 2 = 2): classes 1 and 3 (tie at 0.05: class order)
+    assert least_frequent_classes(frequency) == [1, 3]
+    assert miou_least_frequent(iou, frequency) == pytest.approx((3 / 5 + 3 / 4) / 2)
+    # with 3 classes the third is class 4 (0.20), absent: skipped like in mean_iou
+    assert miou_least_frequent(iou, frequency, count=3) == pytest.approx((3 / 5 + 3 / 4) / 2)
+    delta = torch.tensor([-0.10, -0.30, float("nan"), -0.30, 0.05], dtype=torch.float64)
+    assert vulnerability_order(delta) == [1, 3, 0, 4, 2]  # largest drop first, ties by class, NaN last
+    assert most_vulnerable_classes(delta, count=3) == [1, 3, 0]
+    assert miou_most_vulnerable(iou, delta, count=3) == pytest.approx((3 / 5 + 3 / 4 + 2 / 4) / 3)
+    assert subset_miou(iou, [4]) != subset_miou(iou, [4])  # only an absent class: NaN
+
+
+def test_subsets_match_numpy_on_random_data():
+    rng = np.random.default_rng(1)
+    k = 11
+    target = rng.integers(0, k - 1, size=(4, 24, 40))  # class k - 1 never labelled ...
+    target[rng.random(target.shape) < 0.15] = 255
+    pred = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, k - 1, size=target.shape))
+    pred[target == 255] = 0  # ... nor predicted
+    cm = ConfusionMatrix(k)
+    cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+    valid = target != 255
+    matrix = np.zeros((k, k))
+    np.add.at(matrix, (target[valid], pred[valid]), 1)
+    tp = np.diag(matrix)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    with np.errstate(invalid="ignore"):
+        expected = tp / union
+    np.testing.assert_allclose(cm.iou().numpy(), expected, equal_nan=True)
+
+    frequency = np.bincount(target[valid], minlength=k) / valid.sum()
+    rare = np.argsort(frequency, kind="stable")[: k // 2]
+    assert miou_least_frequent(cm.iou(), torch.from_numpy(frequency)) == pytest.approx(np.nanmean(expected[rare]))
+    delta = rng.normal(size=k)
+    worst = np.argsort(delta, kind="stable")[:9]
+    assert miou_most_vulnerable(cm.iou(), torch.from_numpy(delta)) == pytest.approx(np.nanmean(expected[worst]))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: least_frequent_classes(torch.ones(4), count=5), r"count must be an int in \[1, 4\]"),
+        (lambda: least_frequent_classes(torch.tensor([1.0, float("nan")])), "frequency must not contain NaN"),
+        (lambda: most_vulnerable_classes(torch.zeros(3, 2)), r"delta must be a 1-D floating tensor \[K\]"),
+        (lambda: most_vulnerable_classes(torch.zeros(8)), r"count must be an int in \[1, 8\]"),
+        (lambda: subset_miou(torch.zeros(3), [0, 3]), r"classes must be distinct class indices in \[0, 3\)"),
+        (lambda: subset_miou(torch.zeros(3), []), "classes must be distinct"),
+    ],
+)
+def test_bad_arguments_are_named(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reduce_worker(rank: int, world: int, port: int, path: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        cm = ConfusionMatrix(3)
+        # rank 0 sees labels [0, 1, 2] predicted [0, 1, 1]; rank 1 sees [2, 2, 255] predicted [2, 0, 1]
+        pred, label = ([0, 1, 1], [0, 1, 2]) if rank == 0 else ([2, 0, 1], [2, 2, 255])
+        cm.update(torch.tensor(pred), torch.tensor(label))
+        cm.all_reduce()
+        if rank == 0:
+            torch.save(cm.matrix, path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_sums_over_two_gloo_processes(tmp_path):
+    path = tmp_path / "matrix.pt"
+    mp.spawn(_reduce_worker, args=(2, _free_port(), str(path)), nprocs=2, join=True)
+    expected = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 1]])
+    assert torch.equal(torch.load(path, weights_only=True), expected)

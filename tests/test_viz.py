@@ -1,0 +1,87 @@
+"""Figures: palettes, colourised label maps, difference boxes, PNG files of the expected size."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from dropclass_fast.data import SyntheticStreets
+from dropclass_fast.viz import (
+    PALETTES,
+    colorize,
+    difference_boxes,
+    plot_iou_bars,
+    plot_predictions,
+    plot_unbiased_comparison,
+)
+
+
+def _png_size(path) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk of a PNG file, after checking the signature."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_palettes_hold_the_official_colours():
+    assert PALETTES["cityscapes"].shape == (19, 3)
+    assert PALETTES["cityscapes"][0].tolist() == [128, 64, 128]  # road
+    assert PALETTES["cityscapes"][18].tolist() == [119, 11, 32]  # bicycle
+    assert PALETTES["voc"].shape == (21, 3)
+    assert PALETTES["voc"][:3].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0]]  # background, aeroplane, bicycle
+    assert PALETTES["voc"][15].tolist() == [192, 128, 128]  # person
+    assert PALETTES["synthetic"].shape == (8, 3)
+
+
+def test_colorize_maps_ids_to_colours_and_ignore_to_black():
+    palette = np.array([(10, 20, 30), (40, 50, 60)], dtype=np.uint8)
+    out = colorize(torch.tensor([[0, 1], [255, 1]]), palette)
+    assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
+    assert out.tolist() == [[[10, 20, 30], [40, 50, 60]], [[0, 0, 0], [40, 50, 60]]]
+    with pytest.raises(ValueError, match=r"label has values \[2\] outside \[0, 2\)"):
+        colorize(np.array([[0, 2]]), palette)
+
+
+def test_difference_boxes_by_hand():
+    first = np.zeros((16, 24), dtype=np.int64)
+    second = first.copy()
+    assert difference_boxes(first, second, cell=4) == []
+    second[5:7, 9:11] = 1  # cells (1, 2) only
+    second[14:16, 0:2] = 1  # cell (3, 0), the bottom-left corner
+    assert difference_boxes(first, second, cell=4) == [(4, 8, 8, 12), (12, 0, 16, 4)]
+    second[8:12, 12:16] = 1  # cell (2, 3): diagonal neighbour of (1, 2), joins its box
+    assert difference_boxes(first, second, cell=4) == [(4, 8, 12, 16), (12, 0, 16, 4)]
+    # a 1-pixel difference in a 16-pixel cell is below a 20% threshold, unless most of the cell is unlabelled
+    sparse = first.copy()
+    sparse[0, 0] = 1
+    assert difference_boxes(first, sparse, cell=4) == []
+    valid = np.ones_like(first, dtype=bool)
+    valid[0:4, 0:4] = False
+    valid[0, 0] = True
+    assert difference_boxes(first, sparse, valid=valid, cell=4) == [(0, 0, 4, 4)]
+    with pytest.raises(ValueError, match="must be \\[H, W\\] maps of one shape"):
+        difference_boxes(first, second[:8])
+
+
+def test_figures_are_written_as_png(tmp_path):
+    dataset = SyntheticStreets("val", length=2, size=(32, 64), seed=0)
+    (image, label), (image2, label2) = dataset.load_raw(0), dataset.load_raw(1)
+    pred_a = np.where(label == 255, 0, label).astype(np.int64)
+    pred_b = pred_a.copy()
+    pred_b[8:16, 8:24] = 4
+    names = dataset.class_names
+    path = plot_predictions([image, image2], [label, label2], {"Baseline": [pred_a, pred_a], "Ours": [pred_b, pred_a]},
+                            dataset.palette, tmp_path / "pred.png", class_names=names)
+    width, height = _png_size(path)
+    assert width > 800 and 200 < height < width  # four columns, two rows, a legend
+    path = plot_unbiased_comparison(image, image2, label, label2, {"Baseline": (pred_a, pred_b)}, dataset.palette,
+                                    tmp_path / "b2.png", class_names=names)
+    width, height = _png_size(path)
+    assert width > 600 and height > 300
+    bars = plot_iou_bars(names, {"a": torch.rand(8), "b": torch.rand(8)}, tmp_path / "bars.png")
+    assert _png_size(bars)[0] > 700
+    with pytest.raises(ValueError, match="one entry per image"):
+        plot_predictions([image], [label], {"Baseline": [pred_a, pred_a]}, dataset.palette, tmp_path / "x.png")
