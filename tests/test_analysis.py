@@ -22,6 +22,7 @@ from dropclass_fast.analysis import (
     fill_colour,
     frequency_table,
     probe_table,
+    recalibrate_batchnorm,
     reconstruction_probe,
     top_influential,
 )
@@ -29,6 +30,7 @@ from dropclass_fast.analysis.cli import main
 from dropclass_fast.data import SegmentationDataset, SyntheticStreets, TrainTransform
 from dropclass_fast.metrics import vulnerability_order
 from dropclass_fast.models import build_model, predict
+from dropclass_fast.train import ResumableSampler
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -215,15 +217,40 @@ def test_probe_runs_end_to_end_on_a_tiny_model():
         reconstruction_probe(build_model("hrnet_v1", 8, dropclass=False), train_set, val, 1)
 
 
+def test_batchnorm_recalibration_averages_the_batch_statistics():
+    torch.manual_seed(0)
+    model = build_model("hrnet_v1", 8, dropclass=True)
+    dataset = SyntheticStreets("train", length=4, size=(32, 64), seed=1)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k
+               and isinstance(v, torch.Tensor)}
+    recalibrate_batchnorm(model, dataset, batches=2, batch_size=2, seed=3)
+    assert not model.training and model.bn1.momentum == 0.01
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    # bn1 normalises conv1's output: its statistics are the average of the two batches' mean and unbiased variance
+    sampler = ResumableSampler(4, 2, seed=3)
+    sampler.set_epoch(0)
+    order = list(sampler)
+    means, variances = [], []
+    with torch.no_grad():
+        for batch in (order[:2], order[2:]):
+            x = model.conv1(torch.stack([dataset[i][0] for i in batch])).transpose(0, 1).reshape(64, -1)
+            means.append(x.mean(1))
+            variances.append(x.var(1, unbiased=True))
+    torch.testing.assert_close(model.bn1.running_mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(model.bn1.running_var, torch.stack(variances).mean(0), rtol=1e-4, atol=1e-6)
+
+
 def test_synthetic_experiment_writes_its_report(tmp_path):
     doc = tmp_path / "docs" / "synthetic_experiment.md"
     argv = ["synthetic", "--iters", "1", "--seeds", "0", "--train-length", "4", "--val-length", "2",
             "--image-size", "32", "64", "--crop-size", "32", "64", "--batch-size", "2", "--probe-iters", "1",
-            "--workers", "0", "--eval-batch-size", "2", "--output", str(tmp_path / "runs"), "--doc", str(doc)]
+            "--bn-batches", "1", "--workers", "0", "--eval-batch-size", "2", "--output", str(tmp_path / "runs"),
+            "--doc", str(doc)]
     assert main(argv) == 0
     text = doc.read_text()
     assert "python -m dropclass_fast.analysis synthetic --iters 1 --seeds 0" in text
-    for heading in ("## Summary", "## Table B-1", "## Table C-2 layout", "## Reconstruction probe", "## Figures"):
+    for heading in ("## Summary", "## Table B-1", "## Table C-2 layout", "## Reconstruction probe",
+                    "## BatchNorm statistics", "## Figures"):
         assert heading in text
     saved = json.loads((tmp_path / "runs" / "seed0" / "analysis.json").read_text())
     miou = saved["summary"]["baseline"]["miou"] * 100

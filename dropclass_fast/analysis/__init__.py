@@ -1,5 +1,6 @@
 """The paper's analysis tools: class frequency, bias vulnerability (Table B-1), the reconstruction probe
-(section A), tables in the paper's layouts (Tables B-1 and C-2) and the synthetic debiasing experiment.
+(section A), tables in the paper's layouts (Tables B-1 and C-2), BatchNorm re-estimation for short runs and
+the synthetic debiasing experiment.
 
 >>> from dropclass_fast.analysis import bias_vulnerability, bias_table, EvalOptions
 >>> report = bias_vulnerability({"baseline": base, "DropClass": ours}, val_set, reference="baseline")
@@ -9,6 +10,7 @@ Command line: ``python -m dropclass_fast.analysis {frequency,bias,probe,syntheti
 """
 
 from ._evaluation import DEFAULT_EVAL, EvalOptions
+from .batchnorm import recalibrate_batchnorm
 from .bias import BiasReport, bias_vulnerability, class_influence, top_influential, unbiased_iou
 from .erase import ErasedDataset, erase_classes, fill_colour
 from .frequency import FREQUENCY_MODES, class_frequency
@@ -32,6 +34,7 @@ __all__ = [
     "fill_colour",
     "frequency_table",
     "probe_table",
+    "recalibrate_batchnorm",
     "reconstruction_probe",
     "top_influential",
     "unbiased_iou",

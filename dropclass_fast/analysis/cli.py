@@ -130,7 +130,8 @@ def _synthetic(args: argparse.Namespace, argv: Sequence[str]) -> None:
         crop_size=tuple(args.crop_size), image_size=tuple(args.image_size), lr=args.lr,
         train_length=args.train_length, val_length=args.val_length, reference=args.reference,
         top_count=args.top_count, vulnerable_count=args.vulnerable_count, fill=_fill(args.fill),
-        probe_classes=tuple(args.probe_classes), probe_iters=args.probe_iters, workers=args.workers,
+        probe_classes=tuple(args.probe_classes), probe_iters=args.probe_iters, bn_batches=args.bn_batches,
+        workers=args.workers,
         eval_batch_size=args.eval_batch_size, output=args.output, doc=args.doc,
     )
     command = shlex.join(["python", "-m", "dropclass_fast.analysis", *argv])
@@ -185,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--fill", default="mean", help="erased pixels' colour: 'mean' or 'R,G,B'")
     add("--probe-classes", nargs="*", default=list(defaults.probe_classes))
     add("--probe-iters", type=int, default=defaults.probe_iters)
+    add("--bn-batches", type=int, default=defaults.bn_batches,
+        help="re-estimate BatchNorm statistics over N training batches after training (0: off)")
     add("--workers", type=int, default=defaults.workers)
     add("--eval-batch-size", type=int, default=defaults.eval_batch_size)
     add("--output", default=defaults.output)
