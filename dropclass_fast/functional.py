@@ -119,9 +119,9 @@ def check_alpha(alpha: object) -> float:
 
 def _implementation(op: str, tensor: torch.Tensor) -> str:
     """``"eager"`` (the caller checks values first), ``"triton"`` or ``"compiled"`` (the ``_ops`` kernels: C++ on
-    CPU, CUDA on GPU) for ``op`` on ``tensor``'s device and dtype."""
+    CPU, CUDA on GPU) for ``op`` on ``tensor``'s device and dtype; the GPU kernels take no float64."""
     name = _backend.resolve(tensor.device.type, op)
-    if name == "eager" or (name == "triton" and tensor.dtype == torch.float64):
+    if name == "eager" or (name in ("triton", "cuda") and tensor.dtype == torch.float64):
         return "eager"
     return "triton" if name == "triton" else "compiled"
 
