@@ -64,6 +64,7 @@ class OfficialDropClassHead(nn.Module):
         self.model = model
         self.clsdrop_conv1 = nn.Conv2d(channels, channels, 1)
         self.clsdrop_bn1 = nn.BatchNorm2d(channels, momentum=0.01)
+        nn.init.normal_(self.clsdrop_conv1.weight, std=0.001)  # HRNet's init of every conv, as the official code
 
     def forward(self, images: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         classifier = self.model.head()[-1]

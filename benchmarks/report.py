@@ -125,7 +125,12 @@ def _op_section(results: Results) -> list[str]:
     for device, shape in results.configs("op", ("device", "shape")):
         rows = results.select("op", device=device, shape=shape)
         copy_bandwidth = results.copy_bandwidth(device)
-        out += [f"### {device}, shape `{shape}` ({rows[0]['shape_label']})", ""]
+        sizes = rows[0]
+        out += [
+            f"### {device}, shape `{shape}`: B={sizes['B']}, K={sizes['K']}, C={sizes['C']}, "
+            f"logits {sizes['h']}x{sizes['w']} -> labels {sizes['H']}x{sizes['W']}",
+            "",
+        ]
         lines = []
         for op, mode, dtype in results.configs("op", ("op", "mode", "dtype")):
             where = {"device": device, "shape": shape, "op": op, "mode": mode, "dtype": dtype}
@@ -147,7 +152,7 @@ def _op_section(results: Results) -> list[str]:
                         _fmt(_ratio(compiled and compiled["median_s"], row["median_s"]), ".2f"),
                         _fmt(row.get("peak_extra_mib"), ".1f"),
                         _fmt(_ratio(row.get("peak_extra_mib"), eager and eager.get("peak_extra_mib")), ".3f"),
-                        f"{gbps:.1f}",
+                        f"{gbps:.2f}",
                         _fmt(floor, ".1f"),
                     ]
                 )

@@ -130,5 +130,7 @@ def build_step(case: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], N
 
 
 def effective_backend(case: dict[str, Any]) -> str:
-    """The implementation the fused variants' DropClass ops run on for ``case["device"]`` (``"auto"`` resolved)."""
-    return dropclass_fast._backend.resolve(torch.device(case.get("device", "cpu")).type)
+    """The implementations ``"auto"`` resolves to for the DropClass ops on ``case["device"]``, e.g. ``"cpp"``."""
+    device_type = torch.device(case.get("device", "cpu")).type
+    with dropclass_fast.set_backend("auto"):
+        return "/".join(sorted({dropclass_fast._backend.resolve(device_type, op) for op in dcf.__all__}))
