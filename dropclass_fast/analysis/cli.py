@@ -130,9 +130,10 @@ def _synthetic(args: argparse.Namespace, argv: Sequence[str]) -> None:
         crop_size=tuple(args.crop_size), image_size=tuple(args.image_size), lr=args.lr,
         train_length=args.train_length, val_length=args.val_length, reference=args.reference,
         top_count=args.top_count, vulnerable_count=args.vulnerable_count, fill=_fill(args.fill),
-        probe_classes=tuple(args.probe_classes), probe_iters=args.probe_iters, bn_batches=args.bn_batches,
+        probe_classes=tuple(args.probe_classes), probe_iters=args.probe_iters, probe_lr=args.probe_lr,
+        bn_batches=args.bn_batches,
         workers=args.workers,
-        eval_batch_size=args.eval_batch_size, output=args.output, doc=args.doc,
+        eval_batch_size=args.eval_batch_size, threads=args.threads, output=args.output, doc=args.doc,
     )
     command = shlex.join(["python", "-m", "dropclass_fast.analysis", *argv])
     print(f"report written to {run_experiment(config, command)}")
@@ -186,10 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--fill", default="mean", help="erased pixels' colour: 'mean' or 'R,G,B'")
     add("--probe-classes", nargs="*", default=list(defaults.probe_classes))
     add("--probe-iters", type=int, default=defaults.probe_iters)
+    add("--probe-lr", type=float, default=defaults.probe_lr)
     add("--bn-batches", type=int, default=defaults.bn_batches,
         help="re-estimate BatchNorm statistics over N training batches after training (0: off)")
     add("--workers", type=int, default=defaults.workers)
     add("--eval-batch-size", type=int, default=defaults.eval_batch_size)
+    add("--threads", type=int, default=defaults.threads, help="torch threads (default: torch's choice)")
     add("--output", default=defaults.output)
     add("--doc", default=defaults.doc)
     return parser

@@ -57,7 +57,8 @@ class ErasedDataset(SegmentationDataset):
     A thin wrapper: item ``i`` is ``dataset.load_raw(i)`` passed through
     :func:`erase_classes` and then ``dataset.transform`` (with the same
     per-item generator as ``dataset[i]``), so ``ErasedDataset(ds, [])[i]`` equals
-    ``ds[i]``. The class table, seed, epoch and transform are the wrapped dataset's.
+    ``ds[i]``. The class table, seed and transform are the wrapped dataset's, and so is the epoch
+    at construction (``set_epoch`` on the wrapper sets its own).
 
     Args:
         dataset: any :class:`~dropclass_fast.data.SegmentationDataset`.

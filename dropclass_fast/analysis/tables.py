@@ -113,8 +113,8 @@ def bias_table(reports: Sequence[BiasReport], labels: Mapping[str, str] | None =
         raise ValueError("reports must hold at least one BiasReport")
     first = reports[0]
     for report in reports[1:]:
-        if report.class_names != first.class_names or report.models != first.models:
-            raise ValueError("reports must share class names and model names")
+        if (report.class_names, report.models, report.reference) != (first.class_names, first.models, first.reference):
+            raise ValueError("reports must share class names, model names and the reference model")
     deltas = torch.stack([r.delta(r.reference) for r in reports])
     order = vulnerability_order(deltas.nanmean(0))
     labels = dict(labels or {})
