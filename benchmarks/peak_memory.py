@@ -42,6 +42,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "PEAK_MEMORY_RESULT "
+RESET_METHOD = "VmHWM after clear_refs reset, minus VmRSS before the call (warm-up call first)"
 
 Case = dict[str, Any]
 
@@ -85,7 +86,7 @@ def _child(case: Case) -> dict[str, Any]:
     maxrss_after = _maxrss_kib()
     if can_reset:
         peak_extra_kib = hwm - rss_before
-        method = "VmHWM after clear_refs reset, minus VmRSS before the call (warm-up call first)"
+        method = RESET_METHOD
     else:
         peak_extra_kib = max(maxrss_after, hwm) - rss_before
         method = "ru_maxrss minus VmRSS before the call (no peak reset possible; no warm-up)"
@@ -133,7 +134,7 @@ class MemoryWorker:
         self.timeout = timeout
         self._proc: subprocess.Popen[str] | None = None
         self._stderr = tempfile.TemporaryFile(mode="w+")
-        self._fresh_child_per_case = not _reset_peak()
+        self._fresh_child_per_case = not os.access("/proc/self/clear_refs", os.W_OK)
 
     def _start(self) -> subprocess.Popen[str]:
         if self._proc is None or self._proc.poll() is not None:
@@ -169,6 +170,10 @@ class MemoryWorker:
         result = json.loads(line[len(RESULT_PREFIX) :])
         if "error" in result:
             raise RuntimeError(f"peak-memory worker failed on {case}:\n{result['error']}")
+        if result["method"] != RESET_METHOD:  # the child could not reset its peak: one fresh child per case
+            self._fresh_child_per_case = True
+            self.close()
+            return measure(case, self.timeout)
         return result
 
     def close(self) -> None:
