@@ -27,5 +27,5 @@ from settings import OP_SHAPES
 def test_op(
     run_case: Callable[[Case], None], device: str, shape: str, dtype: str, mode: str, op: str, impl: str
 ) -> None:
-    run_case({"kind": "op", "op": op, "impl": impl, "mode": mode, "dtype": dtype, "device": device, "shape": shape,
-              **SHAPES[shape]})
+    case = {"kind": "op", "op": op, "impl": impl, "mode": mode, "dtype": dtype, "device": device, "shape": shape}
+    run_case({**case, **SHAPES[shape]})

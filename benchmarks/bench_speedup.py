@@ -37,8 +37,8 @@ def test_seg_cross_entropy_interleaved(benchmark: Any, dtype: str) -> None:
     if not _extension.load():
         pytest.skip(f"C++ kernels unavailable: {_extension.error()}")
     shape = "smoke" if settings.SMOKE else "cpu"
-    base = {"kind": "interleaved", "op": "seg_cross_entropy", "mode": "fwd+bwd", "dtype": dtype, "device": "cpu",
-            "shape": shape, "threads": settings.THREADS, **cases.SHAPES[shape]}
+    base = {"kind": "interleaved", "op": "seg_cross_entropy", "mode": "fwd+bwd", "dtype": dtype, "device": "cpu"}
+    base.update(shape=shape, threads=settings.THREADS, **cases.SHAPES[shape])
     runners = {impl: cases.build({**base, "impl": impl}) for impl in IMPLS}
     for runner in runners.values():
         runner.run()  # load the kernels, first-call costs

@@ -23,8 +23,8 @@ from train_step import MODEL, STEP_SHAPES, VARIANTS, effective_backend
 def test_train_step(
     run_case: Callable[[Case], None], benchmark: Any, device: str, shape: str, precision: str, variant: str
 ) -> None:
-    case = {"kind": "train_step", "op": "train_step", "model": MODEL, "variant": variant, "precision": precision,
-            "device": device, "shape": shape, **STEP_SHAPES[shape]}
+    case = {"kind": "train_step", "op": "train_step", "model": MODEL, "variant": variant, "precision": precision}
+    case.update(device=device, shape=shape, **STEP_SHAPES[shape])
     run_case(case)
     if variant in ("baseline_fused", "dropclass_fast"):
         benchmark.extra_info["dropclass_backend"] = effective_backend(case)
