@@ -1,4 +1,6 @@
-"""Segmentation metrics from a confusion matrix accumulated on device."""
+"""Segmentation metrics from a confusion matrix accumulated on device (and summed over DDP ranks): per-class
+IoU, mIoU, and the paper's subsets: ``mIoU†`` over the least frequent half of the classes (Table C-2) and
+``mIoU*`` over the classes most vulnerable to bias, i.e. of largest IoU drop on ``I*`` (Table B-1)."""
 
 from __future__ import annotations
 

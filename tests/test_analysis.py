@@ -35,6 +35,15 @@ from dropclass_fast.train import ResumableSampler
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on one thread: two OpenMP threads thrash when the 2-core CI box is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyLabels(SegmentationDataset):
     """Three hand-written 2x3 labels over 4 classes (255 = ignore); images are a gradient."""
 
@@ -193,9 +202,13 @@ def test_frequency_table_layout_and_values():
     assert rows[2][:3] == ["Baseline", "mean", "30.0"] and rows[3][:3] == ["Baseline", "std", "14.14"]
 
 
-def test_table_rejects_ragged_rows():
+def test_table_rejects_ragged_rows_and_options_reject_bad_values():
     with pytest.raises(ValueError, match="row 'x' has 1 cells for 2 columns"):
         Table(("a", "b"), (("x", (np.zeros(1),)),))
+    with pytest.raises(ValueError, match="amp must be one of"):
+        EvalOptions(amp="fp8")
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        EvalOptions(batch_size=0)
 
 
 def test_probe_runs_end_to_end_on_a_tiny_model():
@@ -281,3 +294,10 @@ def test_command_line_frequency_and_bias(tmp_path, capsys):
     assert (tmp_path / "table_b1.md").read_text().splitlines()[2].startswith("| Baseline (I) | ")
     assert (tmp_path / "table_c2.md").read_text().splitlines()[2].startswith("| Instance % | ")
     assert "table_b1:" in capsys.readouterr().out
+    assert main(["probe", "--synthetic-length", "2", "--synthetic-size", "32", "64", "--crop-size", "32", "64",
+                 "--checkpoint", str(paths["dropclass"]), "--classes", "person", "rider", "--iters", "1",
+                 "--train-batch-size", "2", "--output", str(tmp_path)]) == 0
+    lines = (tmp_path / "probe.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| person", "| rider"]
+    with pytest.raises(ValueError, match="--classes must name classes of synthetic"):
+        main(["probe", "--checkpoint", str(paths["dropclass"]), "--classes", "horse"])

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from ..metrics import ConfusionMatrix
 from ..train import evaluate
+from ..train.config import AMP_MODES
 from ..train.distributed import DistributedContext
 
 
@@ -35,6 +36,8 @@ class EvalOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers must be a non-negative int, got {self.workers!r}")
 
