@@ -84,8 +84,8 @@ class ExperimentConfig:
     top_count: int = 3
     vulnerable_count: int = 4
     fill: str | tuple[int, int, int] = "mean"
-    probe_classes: tuple[str, ...] = ("bicycle",)
-    probe_iters: int = 200
+    probe_classes: tuple[str, ...] = ("person", "bicycle")
+    probe_iters: int = 150
     probe_lr: float = 0.01
     bn_batches: int = 50
     workers: int = 1
