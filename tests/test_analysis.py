@@ -290,7 +290,8 @@ def test_command_line_frequency_and_bias(tmp_path, capsys):
         torch.save(build_model("hrnet_v1", 8, dropclass=method == "dropclass").state_dict(), paths[method])
     assert main(["bias", "--synthetic-length", "2", "--synthetic-size", "32", "64", "--baseline",
                  str(paths["baseline"]), "--dropclass", str(paths["dropclass"]), "--vulnerable-count", "4",
-                 "--frequency", "image", "--output", str(tmp_path)]) == 0
+                 "--frequency", "image", "--bn-batches", "1", "--batch-size", "2", "--crop-size", "32", "64",
+                 "--output", str(tmp_path)]) == 0
     assert (tmp_path / "table_b1.md").read_text().splitlines()[2].startswith("| Baseline (I) | ")
     assert (tmp_path / "table_c2.md").read_text().splitlines()[2].startswith("| Instance % | ")
     assert "table_b1:" in capsys.readouterr().out

@@ -14,6 +14,7 @@ import torch
 from ..data import DATASET_NAMES, SegmentationDataset, TrainTransform, build_dataset
 from ..models import MODEL_NAMES, SegmentationModel, build_model, read_state_dict
 from ._evaluation import EvalOptions
+from .batchnorm import recalibrate_batchnorm
 from .bias import bias_vulnerability
 from .experiment import MODELS, ExperimentConfig, run_experiment
 from .frequency import FREQUENCY_MODES, class_frequency
@@ -39,6 +40,24 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch")
     parser.add_argument("--fill", default="mean", help="erased pixels' colour: 'mean' or 'R,G,B'")
     parser.add_argument("--output", help="folder for the Markdown and CSV tables")
+    parser.add_argument("--crop-size", type=int, nargs=2, default=(96, 192), metavar=("H", "W"),
+                        help="random crops of the training split (probe training, --bn-batches)")
+    parser.add_argument("--bn-batches", type=int, default=0,
+                        help="re-estimate BatchNorm statistics over N training batches first (for short runs)")
+
+
+def _training_split(args: argparse.Namespace) -> SegmentationDataset:
+    dataset = _dataset(args, "train")
+    dataset.transform = TrainTransform(tuple(args.crop_size), mean=dataset.mean, std=dataset.std,
+                                       ignore_index=dataset.ignore_index)
+    return dataset
+
+
+def _load(args: argparse.Namespace, num_classes: int, dropclass: bool, path: str) -> SegmentationModel:
+    model = load_model(args.model, num_classes, dropclass, path)
+    if args.bn_batches:
+        recalibrate_batchnorm(model, _training_split(args), args.bn_batches, args.batch_size)
+    return model
 
 
 def _dataset(args: argparse.Namespace, split: str | None = None) -> SegmentationDataset:
@@ -88,10 +107,7 @@ def _frequency(args: argparse.Namespace) -> None:
 def _bias(args: argparse.Namespace) -> None:
     dataset = _dataset(args)
     k = dataset.num_classes
-    models = {
-        "baseline": load_model(args.model, k, False, args.baseline),
-        "dropclass": load_model(args.model, k, True, args.dropclass),
-    }
+    models = {"baseline": _load(args, k, False, args.baseline), "dropclass": _load(args, k, True, args.dropclass)}
     options = EvalOptions(batch_size=args.batch_size, workers=args.workers, limit=args.limit)
     report = bias_vulnerability(
         models, dataset, args.reference, args.top_count, args.vulnerable_count, _fill(args.fill), options
@@ -109,9 +125,8 @@ def _bias(args: argparse.Namespace) -> None:
 
 def _probe(args: argparse.Namespace) -> None:
     val_set = _dataset(args)
-    train_set = _dataset(args, "train")
-    train_set.transform = TrainTransform(tuple(args.crop_size), mean=train_set.mean, std=train_set.std)
-    model = load_model(args.model, val_set.num_classes, True, args.checkpoint)
+    train_set = _training_split(args)
+    model = _load(args, val_set.num_classes, True, args.checkpoint)
     options = EvalOptions(batch_size=args.batch_size, workers=args.workers, limit=args.limit)
     results = []
     for name in args.classes:
@@ -167,7 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--iters", type=int, default=200)
     probe.add_argument("--train-batch-size", type=int, default=8)
     probe.add_argument("--lr", type=float, default=0.01)
-    probe.add_argument("--crop-size", type=int, nargs=2, default=(96, 192), metavar=("H", "W"))
 
     defaults = ExperimentConfig()
     synthetic = verbs.add_parser("synthetic", help="the synthetic debiasing experiment (trains, analyses, reports)")
