@@ -7,7 +7,7 @@ CMAKE_BUILD := build/cmake
 SOURCES := setup.py pyproject.toml requirements-dev.txt \
 	$(wildcard csrc/*.cpp csrc/kernels/*.cpp csrc/kernels/*.h csrc/cuda/*.cpp csrc/kernels/*.cu csrc/kernels/*.cuh)
 
-.PHONY: demo test lint cpp-test nvcc-check bench clean
+.PHONY: demo test lint cpp-test nvcc-check bench bench-report clean
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(STAMP) lint cpp-test
 
 bench: $(STAMP)
 	$(PY) -m pytest --benchmark-only benchmarks/
+
+# Runs the suite and rewrites benchmarks/RESULTS.md and its plots (about 15 minutes on a 2-core CPU).
+bench-report: $(STAMP)
+	$(PY) benchmarks/report.py
 
 clean:
 	rm -rf build $(VENV) dropclass_fast/_C*.so *.egg-info

@@ -27,18 +27,21 @@ from dropclass_fast.viz import plot_iou_bars, plot_training_curves
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("hrnet_v1", "hrnet_v2"), default="hrnet_v1")
-    parser.add_argument("--iters", type=int, default=300, help="baseline iterations (DropClass trains twice as many)")
+    parser.add_argument("--iters", type=int, default=200, help="baseline iterations (DropClass trains twice as many)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop-size", type=int, nargs=2, default=(96, 192), metavar=("H", "W"))
     parser.add_argument("--length", type=int, default=512, help="images per synthetic split")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument(
+        "--bn-batches", type=int, default=50, help="re-estimate BatchNorm statistics over N batches before evaluating"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="runs/demo")
     parser.add_argument("--quick", action="store_true", help="a smoke run: a few iterations on a few images")
     parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     args = parser.parse_args(argv)
     if args.quick:
-        args.iters, args.batch_size, args.crop_size, args.length, args.workers = 3, 2, (48, 96), 8, 0
+        args.iters, args.batch_size, args.crop_size, args.length, args.bn_batches = 3, 2, (48, 96), 8, 2
     return args
 
 
@@ -48,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     baseline = TrainConfig(
         dataset="synthetic", model=args.model, method="baseline", iters=args.iters, batch_size=args.batch_size,
         crop_size=tuple(args.crop_size), workers=args.workers, seed=args.seed, checkpoint_every=0,
-        eval_batch_size=16, progress_bar=args.progress_bar, output=str(output / "baseline"),
+        eval_batch_size=16, bn_recalibration=args.bn_batches, progress_bar=args.progress_bar,
+        output=str(output / "baseline"),
         dataset_options={"length": args.length},
     )
     dropclass = dataclasses.replace(

@@ -151,3 +151,13 @@ def test_pretrained_weights_are_loaded_before_training(tmp_path, capsys):
     assert "loaded" in capsys.readouterr().out
     bias = result.model.dropclass.classifier.bias
     torch.testing.assert_close(bias, torch.full_like(bias, 0.25), rtol=0, atol=1e-6)
+
+
+def test_bn_recalibration_replaces_the_running_statistics_before_evaluating(tmp_path):
+    result = train(TrainConfig(**SMALL, method="dropclass", iters=2, bn_recalibration=3, output=str(tmp_path)))
+    trained = load_checkpoint(tmp_path / "checkpoint.pt")["model"]  # written before the re-estimation
+    final = torch.load(tmp_path / "model.pt", weights_only=False)
+    changed = [k for k in trained if k.endswith("running_mean") and not torch.equal(trained[k], final[k])]
+    assert len(changed) == sum(k.endswith("running_mean") for k in trained)  # every BatchNorm re-estimated
+    assert all(torch.equal(trained[k], final[k]) for k in trained if k.endswith("weight"))  # weights untouched
+    assert not result.model.training

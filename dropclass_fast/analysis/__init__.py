@@ -9,8 +9,8 @@ the synthetic debiasing experiment.
 Command line: ``python -m dropclass_fast.analysis {frequency,bias,probe,synthetic} --help``.
 """
 
+from ..train.batchnorm import recalibrate_batchnorm
 from ._evaluation import DEFAULT_EVAL, EvalOptions
-from .batchnorm import recalibrate_batchnorm
 from .bias import BiasReport, bias_vulnerability, class_influence, top_influential, unbiased_iou
 from .erase import ErasedDataset, erase_classes, fill_colour
 from .frequency import FREQUENCY_MODES, class_frequency

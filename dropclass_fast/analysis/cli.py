@@ -13,8 +13,8 @@ import torch
 
 from ..data import DATASET_NAMES, SegmentationDataset, TrainTransform, build_dataset
 from ..models import MODEL_NAMES, SegmentationModel, build_model, read_state_dict
+from ..train.batchnorm import recalibrate_batchnorm
 from ._evaluation import EvalOptions
-from .batchnorm import recalibrate_batchnorm
 from .bias import bias_vulnerability
 from .experiment import MODELS, ExperimentConfig, run_experiment
 from .frequency import FREQUENCY_MODES, class_frequency

@@ -29,9 +29,9 @@ from ..data import SyntheticStreets, TrainTransform
 from ..metrics import least_frequent_classes, mean_iou, subset_miou
 from ..models import predict
 from ..train import TrainConfig, train
+from ..train.batchnorm import recalibrate_batchnorm
 from ..viz import plot_iou_bars, plot_predictions, plot_training_curves, plot_unbiased_comparison
 from ._evaluation import EvalOptions, confusion_of
-from .batchnorm import recalibrate_batchnorm
 from .bias import BiasReport, bias_vulnerability
 from .erase import ErasedDataset
 from .frequency import class_frequency
@@ -63,7 +63,7 @@ class ExperimentConfig:
         probe_classes: class names dropped in the reconstruction probe of each DropClass model.
         probe_iters, probe_lr: SGD steps and learning rate of the probe classifiers.
         bn_batches: training batches over which every BatchNorm's running statistics are re-estimated after
-            training (0: keep the trained ones); see :func:`~dropclass_fast.analysis.recalibrate_batchnorm`.
+            training (0: keep the trained ones); see :func:`~dropclass_fast.train.recalibrate_batchnorm`.
         workers, eval_batch_size: data-loading processes, evaluation batch.
         threads: ``torch.set_num_threads`` for the run (``None``: torch's default). On a CPU shared with other
             jobs one thread can be much faster than two.

@@ -26,6 +26,7 @@ from ..loss import DropClassLoss
 from ..metrics import ConfusionMatrix, format_iou_table, mean_iou
 from ..models import build_model, load_official_checkpoint, load_torchvision_checkpoint, predict
 from ..module import DropClassOutput, mix_seed
+from .batchnorm import recalibrate_batchnorm
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import TrainConfig
 from .distributed import DistributedContext, init_distributed, shutdown_distributed
@@ -260,6 +261,10 @@ class _Run:
         self.save()
         iou = None
         if self.iteration >= self.total:
+            if config.bn_recalibration:
+                recalibrate_batchnorm(
+                    self.model, self.train_set, config.bn_recalibration, self.batch_size, seed=config.seed
+                )
             if context.is_main:
                 torch.save(self.model.state_dict(), self.output / "model.pt")
             iou = self._evaluate_and_report(final=True)

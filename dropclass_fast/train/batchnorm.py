@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from ..data import SegmentationDataset
 from ..models import SegmentationModel
-from ..train import ResumableSampler
+from .sampler import ResumableSampler
 
 
 def recalibrate_batchnorm(
@@ -23,7 +23,7 @@ def recalibrate_batchnorm(
     gradient, weights unchanged) runs the model in training mode over the
     first ``batches`` batches of ``dataset`` (items ``(image [3, H, W],
     label [H, W])``, in the seeded order of
-    :class:`~dropclass_fast.train.ResumableSampler`) with cumulative averaging,
+    :class:`ResumableSampler`) with cumulative averaging,
     restores the momenta and returns the model in eval mode. A DropClass
     model runs its drop path with every class kept (its inference path).
     """
