@@ -6,8 +6,8 @@ were made and after one warm-up call (so loading the C++ kernels, compiling, cre
 not counted):
 
 1. make the inputs, run the case once, free what it left (gradients);
-2. baseline = ``VmRSS``; reset the peak by writing ``5`` to ``/proc/self/clear_refs``
-   (so ``VmHWM`` restarts at the current RSS);
+2. reset the peak by writing ``5`` to ``/proc/self/clear_refs`` (so ``VmHWM`` restarts at
+   the current RSS), then baseline = ``VmRSS``;
 3. run the case once more; peak = ``VmHWM``; ``peak_extra = peak - baseline``.
 
 If ``clear_refs`` cannot be written, the peak falls back to ``getrusage(RUSAGE_SELF).ru_maxrss``,
@@ -78,9 +78,11 @@ def _child(case: Case) -> dict[str, Any]:
         runner.run()  # warm-up: kernel loading, compilation, thread pools, lazy inits
         runner.clear()
     gc.collect()
-    rss_before = _status_kib("VmRSS")
     if can_reset:
         _reset_peak()
+    # the baseline is read after the reset, where VmHWM restarted: a page freed in between
+    # cannot make the peak extra negative
+    rss_before = _status_kib("VmRSS")
     runner.run()
     hwm = _status_kib("VmHWM")
     maxrss_after = _maxrss_kib()
