@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CMAKE_BUILD := build/cmake
 SOURCES := setup.py pyproject.toml requirements-dev.txt \
-	$(wildcard csrc/*.cpp csrc/kernels/*.cpp csrc/kernels/*.h csrc/cuda/*.cpp csrc/kernels/*.cu csrc/kernels/*.cuh)
+	$(wildcard csrc/*.cpp csrc/*.h csrc/kernels/*.cpp csrc/kernels/*.h csrc/cuda/*.cpp csrc/kernels/*.cu csrc/kernels/*.cuh)
 
 .PHONY: demo test lint cpp-test nvcc-check bench bench-report clean
 

@@ -36,6 +36,7 @@
 #include "kernels/common.h"
 #include "kernels/dropped_class_prob.h"
 #include "kernels/seg_cross_entropy.h"
+#include "op_checks.h"
 
 namespace dropclass_fast {
 namespace {
@@ -134,21 +135,6 @@ kn::DType float_dtype(const at::Tensor& t, const char* name) {
   return kn::DType::Float32;
 }
 
-kn::LabelType label_type(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kByte: return kn::LabelType::UInt8;
-    case at::kChar: return kn::LabelType::Int8;
-    case at::kShort: return kn::LabelType::Int16;
-    case at::kInt: return kn::LabelType::Int32;
-    case at::kLong: return kn::LabelType::Int64;
-    default: break;
-  }
-  TORCH_CHECK_TYPE(false,
-                   "target must be an integer tensor (uint8, int8, int16, int32 or int64), got ",
-                   t.scalar_type());
-  return kn::LabelType::Int64;
-}
-
 // Compute dtype of the kernels' float outputs: float64 for float64 input,
 // float32 otherwise.
 at::ScalarType opmath_dtype(kn::DType d) { return d == kn::DType::Float64 ? at::kDouble : at::kFloat; }
@@ -158,15 +144,7 @@ at::ScalarType opmath_dtype(kn::DType d) { return d == kn::DType::Float64 ? at::
 at::Tensor keep_to_mask(const at::Tensor& keep, int64_t B, int64_t K, const char* ref_name,
                         int64_t* rows) {
   check_cpu(keep, "keep");
-  TORCH_CHECK_TYPE(keep.is_floating_point() || keep.scalar_type() == at::kBool,
-                   "keep must be a floating-point or bool tensor, got ", keep.scalar_type());
-  TORCH_CHECK_VALUE(keep.dim() == 1 || keep.dim() == 2,
-                    "keep must have shape [K] or [B, K] (K=", K, ", B=", B, "), got ",
-                    keep.sizes());
-  at::Tensor k2 = keep.dim() == 1 ? keep.unsqueeze(0) : keep;
-  TORCH_CHECK_VALUE(k2.size(1) == K && (k2.size(0) == 1 || k2.size(0) == B),
-                    "keep must have shape [K], [1, K] or [B, K] with K=", K, " and B=", B,
-                    " (from ", ref_name, "), got ", keep.sizes());
+  const at::Tensor k2 = checks::keep_rows(keep, B, K, ref_name);
   at::Tensor mask;
   if (k2.scalar_type() == at::kBool) {
     mask = k2.to(at::kByte).contiguous();
@@ -206,27 +184,8 @@ MaskSetup setup_channel_mask(const at::Tensor& features, const at::Tensor& weigh
   MaskSetup s;
   s.args.dtype = float_dtype(features, "features");
   float_dtype(weight, "weight");
-  TORCH_CHECK_VALUE(features.dim() == 4, "features must have shape [B, C, h, w], got ",
-                    features.sizes());
-  TORCH_CHECK_VALUE(weight.dim() >= 2 && weight.dim() <= 4,
-                    "weight must have shape [K, C], [K, C, T] or [K, C, kh, kw], got ",
-                    weight.sizes());
-  const int64_t B = features.size(0), C = features.size(1);
-  const int64_t K = weight.size(0);
-  TORCH_CHECK_VALUE(weight.size(1) == C, "weight has ", weight.size(1),
-                    " input channels but features have C=", C, " (weight ", weight.sizes(),
-                    ", features ", features.sizes(), ")");
-  TORCH_CHECK_VALUE(K > 0, "weight must have at least one class, got ", weight.sizes());
-  const int64_t T = C > 0 ? weight.numel() / (K * C) : 1;
-
-  if (features.is_contiguous()) {
-    s.features = features;
-  } else if (features.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    s.features = features;
-    s.format = at::MemoryFormat::ChannelsLast;
-  } else {
-    s.features = features.contiguous();
-  }
+  const auto [B, C, K, T] = checks::channel_mask_sizes(features, weight);
+  s.features = checks::channel_mask_layout(features, &s.format);
   s.weight = weight.detach().to(opmath_dtype(s.args.dtype)).contiguous().view({K, C, T});
   s.mask = keep_to_mask(keep, B, K, "features / weight", &s.args.keep_rows);
 
@@ -286,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor> seg_cross_entropy_cpu(const at::Tensor& logit
   check_cpu(logits_in, "logits");
   check_cpu(target_in, "target");
   const kn::DType dt = float_dtype(logits_in, "logits");
-  const kn::LabelType lt = label_type(target_in);
+  const kn::LabelType lt = checks::label_type(target_in);
   TORCH_CHECK_VALUE(logits_in.dim() == 4, "logits must have shape [B, K, h, w], got ",
                     logits_in.sizes());
   TORCH_CHECK_VALUE(target_in.dim() == 3, "target must have shape [B, H, W], got ",

@@ -25,6 +25,7 @@
 #include <tuple>
 
 #include "../kernels/cuda_launch.cuh"
+#include "../op_checks.h"
 
 namespace dropclass_fast {
 namespace {
@@ -56,21 +57,6 @@ kn::DType cuda_float_dtype(const at::Tensor& t, const char* name) {
   return kn::DType::Float32;
 }
 
-kn::LabelType label_type(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kByte: return kn::LabelType::UInt8;
-    case at::kChar: return kn::LabelType::Int8;
-    case at::kShort: return kn::LabelType::Int16;
-    case at::kInt: return kn::LabelType::Int32;
-    case at::kLong: return kn::LabelType::Int64;
-    default: break;
-  }
-  TORCH_CHECK_TYPE(false,
-                   "target must be an integer tensor (uint8, int8, int16, int32 or int64), got ",
-                   t.scalar_type());
-  return kn::LabelType::Int64;
-}
-
 cudaStream_t current_stream(const at::Device& device) {
   return c10::cuda::getCurrentCUDAStream(device.index()).stream();
 }
@@ -96,15 +82,7 @@ at::Tensor keep_to_mask(const at::Tensor& keep, int64_t B, int64_t K, const char
                         const at::Device& device, Status* status, cudaStream_t stream,
                         int64_t* rows) {
   check_on_device(keep, "keep", device);
-  TORCH_CHECK_TYPE(keep.is_floating_point() || keep.scalar_type() == at::kBool,
-                   "keep must be a floating-point or bool tensor, got ", keep.scalar_type());
-  TORCH_CHECK_VALUE(keep.dim() == 1 || keep.dim() == 2,
-                    "keep must have shape [K] or [B, K] (K=", K, ", B=", B, "), got ",
-                    keep.sizes());
-  const at::Tensor k2 = keep.dim() == 1 ? keep.unsqueeze(0) : keep;
-  TORCH_CHECK_VALUE(k2.size(1) == K && (k2.size(0) == 1 || k2.size(0) == B),
-                    "keep must have shape [K], [1, K] or [B, K] with K=", K, " and B=", B,
-                    " (from ", ref_name, "), got ", keep.sizes());
+  const at::Tensor k2 = checks::keep_rows(keep, B, K, ref_name);
   const bool is_double = k2.scalar_type() == at::kDouble;
   status->keep_values = (is_double ? k2 : k2.to(at::kFloat)).detach().contiguous();
   *rows = k2.size(0);
@@ -161,27 +139,8 @@ MaskSetup setup_channel_mask(const at::Tensor& features, const at::Tensor& weigh
   TORCH_CHECK_TYPE(weight.is_floating_point(),
                    "weight must be a floating-point tensor (float32, float64, float16 or bfloat16), "
                    "got ", weight.scalar_type());
-  TORCH_CHECK_VALUE(features.dim() == 4, "features must have shape [B, C, h, w], got ",
-                    features.sizes());
-  TORCH_CHECK_VALUE(weight.dim() >= 2 && weight.dim() <= 4,
-                    "weight must have shape [K, C], [K, C, T] or [K, C, kh, kw], got ",
-                    weight.sizes());
-  const int64_t B = features.size(0), C = features.size(1);
-  const int64_t K = weight.size(0);
-  TORCH_CHECK_VALUE(weight.size(1) == C, "weight has ", weight.size(1),
-                    " input channels but features have C=", C, " (weight ", weight.sizes(),
-                    ", features ", features.sizes(), ")");
-  TORCH_CHECK_VALUE(K > 0, "weight must have at least one class, got ", weight.sizes());
-  const int64_t T = C > 0 ? weight.numel() / (K * C) : 1;
-
-  if (features.is_contiguous()) {
-    s.features = features;
-  } else if (features.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    s.features = features;
-    s.format = at::MemoryFormat::ChannelsLast;
-  } else {
-    s.features = features.contiguous();
-  }
+  const auto [B, C, K, T] = checks::channel_mask_sizes(features, weight);
+  s.features = checks::channel_mask_layout(features, &s.format);
   s.stream = current_stream(device);
   s.status = make_status(device, s.stream);
   s.weight = weight.detach().to(at::kFloat).contiguous().view({K, C, T});
@@ -248,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor> seg_cross_entropy_cuda(const at::Tensor& logi
   check_on_device(logits_in, "logits", device);
   check_on_device(target_in, "target", device);
   const kn::DType dt = cuda_float_dtype(logits_in, "logits");
-  const kn::LabelType lt = label_type(target_in);
+  const kn::LabelType lt = checks::label_type(target_in);
   TORCH_CHECK_VALUE(logits_in.dim() == 4, "logits must have shape [B, K, h, w], got ",
                     logits_in.sizes());
   TORCH_CHECK_VALUE(target_in.dim() == 3, "target must have shape [B, H, W], got ",
