@@ -43,6 +43,36 @@ inline at::Tensor keep_rows(const at::Tensor& keep, int64_t B, int64_t K, const 
   return rows;
 }
 
+// Sizes of a seg_cross_entropy call: logits [B, K, h, w] (K, h, w > 0), target [B, H, W].
+struct SegCrossEntropySizes {
+  int64_t B, K, h, w, H, W;
+};
+
+inline SegCrossEntropySizes seg_cross_entropy_sizes(const at::Tensor& logits, const at::Tensor& target,
+                                                    const char* logits_name = "logits") {
+  TORCH_CHECK_VALUE(logits.dim() == 4, logits_name, " must have shape [B, K, h, w], got ",
+                    logits.sizes());
+  TORCH_CHECK_VALUE(target.dim() == 3, "target must have shape [B, H, W], got ", target.sizes());
+  const int64_t B = logits.size(0), K = logits.size(1), h = logits.size(2), w = logits.size(3);
+  TORCH_CHECK_VALUE(target.size(0) == B, "target batch size ", target.size(0), " does not match ",
+                    logits_name, " batch size ", B, " (target ", target.sizes(), ", ", logits_name, " ",
+                    logits.sizes(), ")");
+  TORCH_CHECK_VALUE(K > 0, logits_name, " must have at least one class, got ", logits.sizes());
+  TORCH_CHECK_VALUE(h > 0 && w > 0, logits_name, " must have non-empty spatial size, got ",
+                    logits.sizes());
+  return {B, K, h, w, target.size(1), target.size(2)};
+}
+
+// drop_logits of a dropclass_loss call: [B, K, h', w'] with the B and K of logits, the same dtype.
+inline void drop_logits_like(const at::Tensor& drop_logits, const at::Tensor& logits) {
+  TORCH_CHECK_VALUE(drop_logits.dim() == 4 && drop_logits.size(0) == logits.size(0) &&
+                        drop_logits.size(1) == logits.size(1),
+                    "drop_logits must have the batch and class sizes of logits ", logits.sizes(),
+                    ", got ", drop_logits.sizes());
+  TORCH_CHECK_TYPE(drop_logits.scalar_type() == logits.scalar_type(), "drop_logits must have dtype ",
+                   logits.scalar_type(), " (the dtype of logits), got ", drop_logits.scalar_type());
+}
+
 // Sizes of a channel_mask call: features [B, C, h, w], weight [K, C, T...] (T taps).
 struct ChannelMaskSizes {
   int64_t B, C, K, T;

@@ -16,6 +16,15 @@
 //                     -> (Tensor, Tensor)
 //   dropped_class_prob(Tensor logits, Tensor keep, bool compute_grad)
 //                      -> (Tensor, Tensor)
+//   dropclass_loss(Tensor logits, Tensor drop_logits, Tensor target,
+//                  Tensor keep, int ignore_index, bool align_corners,
+//                  bool compute_grad)
+//                  -> (Tensor ce, Tensor ce_drop, Tensor sup, Tensor grad,
+//                      Tensor grad_drop, Tensor grad_sup)
+//     The three unweighted terms of the DropClass loss and their gradients
+//     (grad_drop: of ce_drop, grad_sup: of sup, both w.r.t. drop_logits).
+//     The CUDA kernels get ce_drop and sup from one pass over drop_logits;
+//     on the CPU it is the seg_cross_entropy and dropped_class_prob kernels.
 // Only CPU kernels are registered here; fake (meta) kernels and autograd are
 // registered from Python (torch.library.register_fake / register_autograd).
 #include <ATen/ATen.h>
@@ -246,19 +255,7 @@ std::tuple<at::Tensor, at::Tensor> seg_cross_entropy_cpu(const at::Tensor& logit
   check_cpu(target_in, "target");
   const kn::DType dt = float_dtype(logits_in, "logits");
   const kn::LabelType lt = checks::label_type(target_in);
-  TORCH_CHECK_VALUE(logits_in.dim() == 4, "logits must have shape [B, K, h, w], got ",
-                    logits_in.sizes());
-  TORCH_CHECK_VALUE(target_in.dim() == 3, "target must have shape [B, H, W], got ",
-                    target_in.sizes());
-  const int64_t B = logits_in.size(0), K = logits_in.size(1);
-  const int64_t h = logits_in.size(2), w = logits_in.size(3);
-  const int64_t H = target_in.size(1), W = target_in.size(2);
-  TORCH_CHECK_VALUE(target_in.size(0) == B, "target batch size ", target_in.size(0),
-                    " does not match logits batch size ", B, " (target ", target_in.sizes(),
-                    ", logits ", logits_in.sizes(), ")");
-  TORCH_CHECK_VALUE(K > 0, "logits must have at least one class, got ", logits_in.sizes());
-  TORCH_CHECK_VALUE(h > 0 && w > 0, "logits must have non-empty spatial size, got ",
-                    logits_in.sizes());
+  const auto [B, K, h, w, H, W] = checks::seg_cross_entropy_sizes(logits_in, target_in);
 
   kn::SegCrossEntropyArgs a;
   at::Tensor mask;
@@ -314,6 +311,22 @@ std::tuple<at::Tensor, at::Tensor> dropped_class_prob_cpu(const at::Tensor& logi
   return std::make_tuple(at::scalar_tensor(loss, opts), grad);
 }
 
+// ---------------------------------------------------------------------------
+// dropclass_loss
+// ---------------------------------------------------------------------------
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropclass_loss_cpu(
+    const at::Tensor& logits, const at::Tensor& drop_logits, const at::Tensor& target,
+    const at::Tensor& keep, int64_t ignore_index, bool align_corners, bool compute_grad) {
+  check_cpu(drop_logits, "drop_logits");
+  checks::drop_logits_like(drop_logits, logits);
+  auto [ce, grad] = seg_cross_entropy_cpu(logits, target, std::nullopt, ignore_index, align_corners,
+                                          compute_grad);
+  auto [ce_drop, grad_drop] =
+      seg_cross_entropy_cpu(drop_logits, target, keep, ignore_index, align_corners, compute_grad);
+  auto [sup, grad_sup] = dropped_class_prob_cpu(drop_logits, keep, compute_grad);
+  return std::make_tuple(ce, ce_drop, sup, grad, grad_drop, grad_sup);
+}
+
 }  // namespace
 }  // namespace dropclass_fast
 
@@ -326,6 +339,10 @@ TORCH_LIBRARY(dropclass_fast, m) {
       "seg_cross_entropy(Tensor logits, Tensor target, Tensor? keep, int ignore_index, "
       "bool align_corners, bool compute_grad) -> (Tensor, Tensor)");
   m.def("dropped_class_prob(Tensor logits, Tensor keep, bool compute_grad) -> (Tensor, Tensor)");
+  m.def(
+      "dropclass_loss(Tensor logits, Tensor drop_logits, Tensor target, Tensor keep, "
+      "int ignore_index, bool align_corners, bool compute_grad) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dropclass_fast, CPU, m) {
@@ -333,4 +350,5 @@ TORCH_LIBRARY_IMPL(dropclass_fast, CPU, m) {
   m.impl("channel_mask_backward", &dropclass_fast::channel_mask_backward_cpu);
   m.impl("seg_cross_entropy", &dropclass_fast::seg_cross_entropy_cpu);
   m.impl("dropped_class_prob", &dropclass_fast::dropped_class_prob_cpu);
+  m.impl("dropclass_loss", &dropclass_fast::dropclass_loss_cpu);
 }

@@ -5,6 +5,7 @@ module adds, once the library is loaded, the fake (meta) implementations that
 ``torch.compile`` traces with and the autograd formulas. The fused loss ops
 return ``(loss, grad)``: the gradient with respect to the logits is produced in
 the forward pass and only scaled by the incoming gradient in backward.
+``dropclass_loss`` returns the three loss terms and their three gradients.
 """
 
 from __future__ import annotations
@@ -50,6 +51,21 @@ def _dropped_class_prob_backward(ctx, grad_loss, _grad_of_grad):
     return _scaled_saved_grad(ctx, grad_loss, "dropped_class_prob"), None, None
 
 
+def _dropclass_loss_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*output[3:])
+    ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
+
+
+def _dropclass_loss_backward(ctx, grad_ce, grad_ce_drop, grad_sup, *_grads_of_grads):
+    _refuse_double_backward("dropclass_loss")
+    grad, grad_drop, grad_sup_term = ctx.saved_tensors
+    if grad.numel() == 0:
+        raise RuntimeError("dropclass_fast.dropclass_loss was called with compute_grad=False; no gradient was kept")
+    grad_logits = (grad * grad_ce).to(ctx.dtypes[0])
+    grad_drop_logits = torch.addcmul(grad_drop * grad_ce_drop, grad_sup_term, grad_sup).to(ctx.dtypes[1])
+    return grad_logits, grad_drop_logits, None, None, None, None, None
+
+
 def _channel_mask_setup(ctx, inputs, output) -> None:
     features, weight, keep = inputs
     ctx.save_for_backward(features, weight, keep)
@@ -84,6 +100,12 @@ def register() -> None:
     def _(logits, keep, compute_grad):
         return _fake_loss_and_grad(logits, compute_grad)
 
+    @torch.library.register_fake("dropclass_fast::dropclass_loss")
+    def _(logits, drop_logits, target, keep, ignore_index, align_corners, compute_grad):
+        loss, grad = _fake_loss_and_grad(logits, compute_grad)
+        loss_drop, grad_drop = _fake_loss_and_grad(drop_logits, compute_grad)
+        return loss, loss_drop, loss_drop.clone(), grad, grad_drop, torch.empty_like(grad_drop)
+
     @torch.library.register_fake("dropclass_fast::channel_mask")
     def _(features, weight, keep):
         return torch.empty_like(features, memory_format=_memory_format(features))
@@ -97,6 +119,9 @@ def register() -> None:
     )
     torch.library.register_autograd(
         "dropclass_fast::dropped_class_prob", _dropped_class_prob_backward, setup_context=_save_grad
+    )
+    torch.library.register_autograd(
+        "dropclass_fast::dropclass_loss", _dropclass_loss_backward, setup_context=_dropclass_loss_setup
     )
     torch.library.register_autograd(
         "dropclass_fast::channel_mask", _channel_mask_backward, setup_context=_channel_mask_setup
@@ -122,6 +147,21 @@ def dropped_class_prob(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
     loss, _ = torch.ops.dropclass_fast.dropped_class_prob(logits, keep, compute_grad)
     return loss
+
+
+def dropclass_loss_terms(
+    logits: torch.Tensor,
+    drop_logits: torch.Tensor,
+    target: torch.Tensor,
+    keep: torch.Tensor,
+    ignore_index: int,
+    align_corners: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    compute_grad = torch.is_grad_enabled() and (logits.requires_grad or drop_logits.requires_grad)
+    ce, ce_drop, sup, *_ = torch.ops.dropclass_fast.dropclass_loss(
+        logits, drop_logits, target, keep, ignore_index, align_corners, compute_grad
+    )
+    return ce, ce_drop, sup
 
 
 def channel_mask(features: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -282,9 +282,10 @@ def dropclass_loss(
         ``(total, parts)`` with ``parts = {"ce", "ce_drop", "sup"}`` the weighted
         terms, which add up to ``total`` (0-dim float32 tensors).
 
-    With the Triton backend the three terms come from one fused op: one pass
-    over ``logits`` and one over ``drop_logits`` that yields both its
-    cross-entropy and ``L_sup``.
+    With the Triton and CUDA backends the three terms come from one fused op:
+    one pass over ``logits`` and one over ``drop_logits`` that yields both its
+    cross-entropy and ``L_sup``. On the CPU the same op runs the
+    ``seg_cross_entropy`` and ``dropped_class_prob`` kernels.
     """
     check_progress(progress)
     check_alpha(alpha)
@@ -297,12 +298,16 @@ def dropclass_loss(
         )
     target = _check_target(target, logits)
     _require_same_device("drop_logits", drop_logits, "logits", logits)
-    if logits.dtype == drop_logits.dtype and _implementation("dropclass_loss", logits) == "triton":
+    implementation = _implementation("dropclass_loss", logits)
+    if logits.dtype == drop_logits.dtype and implementation != "eager":
         keep = _check_keep(keep, logits.shape[0], logits.shape[1], logits, "logits")
-        terms = _triton().dropclass_loss_terms(
-            logits, drop_logits, target, _keep_as_rows(keep, logits.dtype), int(ignore_index), bool(align_corners),
-            _backend.deterministic(),
-        )  # fmt: skip
+        rows = _keep_as_rows(keep, logits.dtype)
+        if implementation == "triton":
+            terms = _triton().dropclass_loss_terms(
+                logits, drop_logits, target, rows, int(ignore_index), bool(align_corners), _backend.deterministic()
+            )
+        else:
+            terms = _ops.dropclass_loss_terms(logits, drop_logits, target, rows, int(ignore_index), bool(align_corners))
         return reference.combine_loss_terms(*terms, progress, alpha)
     return reference.combine_loss_terms(
         seg_cross_entropy(logits, target, None, ignore_index, align_corners),

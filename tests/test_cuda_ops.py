@@ -7,7 +7,9 @@ K above the register-resident limit), float32 / float16 / bfloat16, both
 ``align_corners``, no / ``[K]`` / ``[B, K]`` keep, contiguous and channels_last
 features; the error messages of bad labels and keep values; run-to-run
 bit-identity; peak memory; and ``compute-sanitizer`` (memcheck, racecheck) on
-one call of each kernel. The reference runs in float64 on the same device.
+one call of each kernel; the combined pass of ``dropclass_loss`` (CE and L_sup of
+``drop_logits`` from one kernel) against the reference's three terms and each term's
+gradient. The reference runs in float64 on the same device.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ SEG_SHAPES = [
     (1, 150, (9, 13), (33, 41)),
 ]
 HALF_RTOL = {torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def _shape_id(shape) -> str:
+    batch, classes, low, high = shape
+    return f"B{batch}K{classes}_{low[0]}x{low[1]}to{high[0]}x{high[1]}"
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +113,7 @@ def assert_grad_close(got: torch.Tensor, want: torch.Tensor, rtol: float) -> Non
 # ---------------------------------------------------------------------------
 # seg_cross_entropy
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", SEG_SHAPES, ids=lambda s: f"B{s[0]}K{s[1]}_{s[2][0]}x{s[2][1]}to{s[3][0]}x{s[3][1]}")
+@pytest.mark.parametrize("shape", SEG_SHAPES, ids=_shape_id)
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("keep_mode", ["none", "batch", "sample"])
 def test_seg_cross_entropy_float32(shape, align_corners, keep_mode):
@@ -228,6 +235,92 @@ def test_dropped_class_prob_nothing_dropped():
 
 
 # ---------------------------------------------------------------------------
+# dropclass_loss: the combined pass over drop_logits (CE and L_sup in one kernel)
+# ---------------------------------------------------------------------------
+def _loss_terms_and_grads(logits, drop_logits, target, keep, align_corners, weights):
+    """The three unweighted terms and the gradients of ``sum(weights * terms)`` w.r.t. both logits."""
+    a = logits.detach().clone().requires_grad_()
+    b = drop_logits.detach().clone().requires_grad_()
+    _, parts = dcf.dropclass_loss(a, b, target, keep, progress=0.5, alpha=1.0, align_corners=align_corners)
+    terms = (2 * parts["ce"], 2 * parts["ce_drop"], parts["sup"])
+    sum(w * t for w, t in zip(weights, terms)).backward()
+    return terms, a.grad, b.grad
+
+
+def _reference_terms_and_grads(logits, drop_logits, target, keep, align_corners, weights):
+    a = logits.detach().double().requires_grad_()
+    b = drop_logits.detach().double().requires_grad_()
+    terms = (
+        reference.seg_cross_entropy(a, target, None, align_corners=align_corners),
+        reference.seg_cross_entropy(b, target, keep, align_corners=align_corners),
+        reference.dropped_class_prob(b, keep),
+    )
+    sum(w * t for w, t in zip(weights, terms)).backward()
+    return terms, a.grad, b.grad
+
+
+@pytest.mark.parametrize("shape", [*SEG_SHAPES, CITYSCAPES], ids=_shape_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("keep_mode", ["batch", "sample"])
+def test_dropclass_loss_combined_pass(shape, dtype, keep_mode):
+    batch, classes, low, high = shape
+    gen = _generator()
+    logits = (torch.randn(batch, classes, *low, device="cuda", generator=gen) * 3).to(dtype)
+    drop_logits = (torch.randn(batch, classes, *low, device="cuda", generator=gen) * 3).to(dtype)
+    target = make_target(batch, classes, high, gen)
+    keep = make_keep(keep_mode, batch, classes, gen)
+    weights = (0.7, 0.3, 5.0)
+    got_terms, got_grad, got_drop_grad = _loss_terms_and_grads(logits, drop_logits, target, keep, False, weights)
+    want_terms, want_grad, want_drop_grad = _reference_terms_and_grads(
+        logits, drop_logits, target, keep, False, weights
+    )
+    for got, want in zip(got_terms, want_terms):
+        torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=1e-6)
+    rtol = 2e-5 if dtype == torch.float32 else HALF_RTOL[dtype]
+    assert got_grad.dtype == dtype and got_drop_grad.dtype == dtype
+    assert_grad_close(got_grad, want_grad, rtol)
+    assert_grad_close(got_drop_grad, want_drop_grad, rtol)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)], ids=["ce", "ce_drop", "sup"])
+def test_dropclass_loss_each_term_alone(weights):
+    gen = _generator()
+    logits = torch.randn(2, 19, 37, 53, device="cuda", generator=gen) * 3
+    drop_logits = torch.randn(2, 19, 37, 53, device="cuda", generator=gen) * 3
+    target = make_target(2, 19, (150, 211), gen)
+    keep = make_keep("sample", 2, 19, gen)
+    _, got_grad, got_drop_grad = _loss_terms_and_grads(logits, drop_logits, target, keep, True, weights)
+    _, want_grad, want_drop_grad = _reference_terms_and_grads(logits, drop_logits, target, keep, True, weights)
+    for got, want in ((got_grad, want_grad), (got_drop_grad, want_drop_grad)):
+        if not want.any():
+            assert not got.any()
+        else:
+            assert_grad_close(got, want, 2e-5)
+
+
+def test_dropclass_loss_matches_cpu_op():
+    gen = _generator()
+    logits = torch.randn(2, 19, 37, 53, device="cuda", generator=gen) * 3
+    drop_logits = torch.randn(2, 19, 37, 53, device="cuda", generator=gen) * 3
+    target = make_target(2, 19, (150, 211), gen)
+    keep = make_keep("batch", 2, 19, gen)
+    op = torch.ops.dropclass_fast.dropclass_loss
+    got = op(logits, drop_logits, target, keep, 255, False, True)
+    want = op(logits.cpu(), drop_logits.cpu(), target.cpu(), keep.cpu(), 255, False, True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.cpu(), w, rtol=1e-5, atol=1e-5 * max(w.abs().max().item(), 1e-3))
+
+
+def test_dropclass_loss_bad_label_raises_cpu_message():
+    gen = _generator()
+    logits = torch.randn(2, 5, 8, 8, device="cuda", generator=gen)
+    target = torch.randint(0, 5, (2, 16, 16), device="cuda", generator=gen)
+    target[1, 2, 3] = 7
+    with pytest.raises(ValueError, match=r"target contains label 7 outside \[0, 5\)"):
+        dcf.dropclass_loss(logits, logits, target, torch.tensor([1.0, 0, 1, 1, 1], device="cuda"), progress=0.5)
+
+
+# ---------------------------------------------------------------------------
 # channel_mask
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("weight_shape", ["1x1", "3x3", "2d"])
@@ -315,6 +408,9 @@ def test_results_are_bit_identical_across_runs():
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     probs = [loss_and_grad(dcf.dropped_class_prob, logits, keep) for _ in range(2)]
     assert torch.equal(probs[0][0], probs[1][0]) and torch.equal(probs[0][1], probs[1][1])
+    fused = [torch.ops.dropclass_fast.dropclass_loss(logits, logits * 0.5, target, keep, 255, False, True)
+             for _ in range(2)]  # fmt: skip
+    assert all(torch.equal(x, y) for x, y in zip(*fused))
 
 
 def _peak_extra_bytes(fn) -> int:
@@ -363,6 +459,12 @@ SANITIZED_CALLS = textwrap.dedent(
     ops.seg_cross_entropy(logits.half(), target.to(torch.uint8), None, 255, True, False)
     ops.seg_cross_entropy(torch.randn(1, 40, 3, 5, device="cuda"), target[:1].clamp(max=39), None, 255, False, True)
     ops.dropped_class_prob(logits, keep, True)
+    ops.dropclass_loss(logits, logits * 0.5, target, keep, 255, False, True)
+    ops.dropclass_loss(logits.bfloat16(), logits.bfloat16(), target, keep[0], 255, True, False)
+    big = torch.randn(1, 40, 3, 5, device="cuda")
+    keep40 = torch.ones(40, device="cuda")
+    keep40[3] = 0
+    ops.dropclass_loss(big, big, target[:1].clamp(max=39), keep40, 255, False, True)
     ops.channel_mask(features, weight, keep)
     ops.channel_mask_backward(features, features, weight, keep)
     cl = features.contiguous(memory_format=torch.channels_last)

@@ -120,6 +120,29 @@ def test_loss_argument_errors(backend):
         dcf.dropclass_loss(logits, logits[:, :4], target, keep, progress=0.5)
 
 
+def test_loss_value_errors(backend):
+    """The fused ``dropclass_loss`` paths report bad labels and keep values as the single ops do."""
+    logits, target = seg_inputs()
+    target[0, 2, 2] = 9
+    with pytest.raises(ValueError, match=r"target contains label 9 outside \[0, 5\)"):
+        dcf.dropclass_loss(logits, logits, target, torch.tensor([1.0, 0, 1, 1, 1]), progress=0.5)
+    logits, target = seg_inputs()
+    with pytest.raises(ValueError, match="keep must contain only 0 and 1 values, got 0.5"):
+        dcf.dropclass_loss(logits, logits, target, torch.tensor([1.0, 0.5, 1, 1, 1]), progress=0.5)
+
+
+def test_fused_loss_op_argument_errors(cpp_backend):
+    logits, target = seg_inputs()
+    keep = torch.ones(5)
+    op = torch.ops.dropclass_fast.dropclass_loss
+    with pytest.raises(TypeError, match="drop_logits must have dtype Float .* got Double"):
+        op(logits, logits.double(), target, keep, 255, False, False)
+    with pytest.raises(ValueError, match=r"drop_logits must have the batch and class sizes of logits \[2, 5, 4, 4\]"):
+        op(logits, logits[:1], target, keep, 255, False, False)
+    with pytest.raises(ValueError, match=r"target batch size 1 does not match logits batch size 2"):
+        op(logits, logits, target[:1], keep, 255, False, False)
+
+
 def test_module_errors():
     with pytest.raises(TypeError, match="classifier must be an nn.Conv2d, got Linear"):
         DropClass(nn.Linear(3, 4))

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "../kernels/cuda_launch.cuh"
 #include "../op_checks.h"
@@ -194,64 +195,117 @@ std::tuple<at::Tensor, at::Tensor> channel_mask_backward_cuda(const at::Tensor& 
 }
 
 // ---------------------------------------------------------------------------
-// seg_cross_entropy
+// seg_cross_entropy, and the combined pass of dropclass_loss
 // ---------------------------------------------------------------------------
-std::tuple<at::Tensor, at::Tensor> seg_cross_entropy_cuda(const at::Tensor& logits_in,
+struct CrossEntropyOutputs {
+  at::Tensor loss, grad;          // float32 0-dim; [B, K, h, w] float32, or [0] without gradient
+  at::Tensor sup_loss, sup_grad;  // the same for L_sup (combined pass only)
+};
+
+// Checks `logits_in` against `target` (contiguous, on the same device) and
+// queues the fused pass over it: with `keep_mask` ([keep_rows, K] uint8) or
+// without, and with L_sup of the same logits when `sup` (keep_mask needed).
+// Value errors go to `status`, for the caller to raise.
+CrossEntropyOutputs queue_seg_cross_entropy(const at::Tensor& logits_in, const char* logits_name,
+                                            const at::Tensor& target, const at::Tensor& keep_mask,
+                                            int64_t keep_rows, int64_t ignore_index,
+                                            bool align_corners, bool compute_grad, bool sup,
+                                            Status* status, cudaStream_t stream) {
+  const at::Device device = target.device();
+  check_on_device(logits_in, logits_name, device);
+  const kn::DType dt = cuda_float_dtype(logits_in, logits_name);
+  const checks::SegCrossEntropySizes n = checks::seg_cross_entropy_sizes(logits_in, target, logits_name);
+  const at::Tensor logits = logits_in.contiguous();
+  const auto opts = logits.options().dtype(at::kFloat);
+  const std::vector<int64_t> grad_shape = compute_grad ? std::vector<int64_t>{n.B, n.K, n.h, n.w}
+                                                       : std::vector<int64_t>{0};
+  CrossEntropyOutputs out;
+  out.loss = at::empty({}, opts);
+  out.grad = at::empty(grad_shape, opts);
+
+  kn::SegCrossEntropyArgs a;
+  if (keep_mask.defined()) {
+    a.keep = keep_mask.data_ptr<uint8_t>();
+    a.keep_rows = keep_rows;
+  }
+  a.logits = logits.data_ptr();
+  a.dtype = dt;
+  a.target = target.data_ptr();
+  a.label_type = checks::label_type(target);
+  a.B = n.B; a.K = n.K; a.h = n.h; a.w = n.w; a.H = n.H; a.W = n.W;
+  a.ignore_index = ignore_index;
+  a.align_corners = align_corners;
+  a.grad = compute_grad ? out.grad.data_ptr() : nullptr;
+  at::Tensor ws = workspace(kc::seg_cross_entropy_workspace_bytes(a), device);
+  cudaError_t err;
+  if (sup) {
+    out.sup_loss = at::empty({}, opts);
+    out.sup_grad = at::empty(grad_shape, opts);
+    err = kc::seg_cross_entropy_sup_cuda(a, out.loss.data_ptr<float>(), out.sup_loss.data_ptr<float>(),
+                                         compute_grad ? out.sup_grad.data_ptr<float>() : nullptr,
+                                         status->device(), ws.data_ptr(), stream);
+  } else {
+    err = kc::seg_cross_entropy_cuda(a, out.loss.data_ptr<float>(), status->device(), ws.data_ptr(), stream);
+  }
+  TORCH_CHECK_VALUE(err != cudaErrorInvalidConfiguration, "seg_cross_entropy: K=", n.K,
+                    " classes need more shared memory per block than this GPU has");
+  C10_CUDA_CHECK(err);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> seg_cross_entropy_cuda(const at::Tensor& logits,
                                                           const at::Tensor& target_in,
                                                           const std::optional<at::Tensor>& keep,
                                                           int64_t ignore_index,
                                                           bool align_corners,
                                                           bool compute_grad) {
-  const at::Device device = logits_in.device();
+  const at::Device device = logits.device();
   const c10::cuda::CUDAGuard guard(device);
-  check_on_device(logits_in, "logits", device);
+  check_on_device(logits, "logits", device);
   check_on_device(target_in, "target", device);
-  const kn::DType dt = cuda_float_dtype(logits_in, "logits");
-  const kn::LabelType lt = checks::label_type(target_in);
-  TORCH_CHECK_VALUE(logits_in.dim() == 4, "logits must have shape [B, K, h, w], got ",
-                    logits_in.sizes());
-  TORCH_CHECK_VALUE(target_in.dim() == 3, "target must have shape [B, H, W], got ",
-                    target_in.sizes());
-  const int64_t B = logits_in.size(0), K = logits_in.size(1);
-  const int64_t h = logits_in.size(2), w = logits_in.size(3);
-  const int64_t H = target_in.size(1), W = target_in.size(2);
-  TORCH_CHECK_VALUE(target_in.size(0) == B, "target batch size ", target_in.size(0),
-                    " does not match logits batch size ", B, " (target ", target_in.sizes(),
-                    ", logits ", logits_in.sizes(), ")");
-  TORCH_CHECK_VALUE(K > 0, "logits must have at least one class, got ", logits_in.sizes());
-  TORCH_CHECK_VALUE(h > 0 && w > 0, "logits must have non-empty spatial size, got ",
-                    logits_in.sizes());
+  cuda_float_dtype(logits, "logits");
+  checks::label_type(target_in);
+  const auto sizes = checks::seg_cross_entropy_sizes(logits, target_in);
 
   const cudaStream_t stream = current_stream(device);
   Status status = make_status(device, stream);
-  kn::SegCrossEntropyArgs a;
   at::Tensor mask;
-  if (keep.has_value() && keep->defined()) {
-    mask = keep_to_mask(*keep, B, K, "logits", device, &status, stream, &a.keep_rows);
-    a.keep = mask.data_ptr<uint8_t>();
-  }
-  const at::Tensor logits = logits_in.contiguous();
+  int64_t keep_rows = 1;
+  if (keep.has_value() && keep->defined())
+    mask = keep_to_mask(*keep, sizes.B, sizes.K, "logits", device, &status, stream, &keep_rows);
   const at::Tensor target = target_in.contiguous();
-  const auto opts = logits.options().dtype(at::kFloat);
-  at::Tensor grad = compute_grad ? at::empty({B, K, h, w}, opts) : at::empty({0}, opts);
-  at::Tensor loss = at::empty({}, opts);
+  CrossEntropyOutputs out = queue_seg_cross_entropy(logits, "logits", target, mask, keep_rows, ignore_index,
+                                                    align_corners, compute_grad, false, &status, stream);
+  raise_status(status, &target, sizes.K, ignore_index);
+  return std::make_tuple(out.loss, out.grad);
+}
 
-  a.logits = logits.data_ptr();
-  a.dtype = dt;
-  a.target = target.data_ptr();
-  a.label_type = lt;
-  a.B = B; a.K = K; a.h = h; a.w = w; a.H = H; a.W = W;
-  a.ignore_index = ignore_index;
-  a.align_corners = align_corners;
-  a.grad = compute_grad ? grad.data_ptr() : nullptr;
-  at::Tensor ws = workspace(kc::seg_cross_entropy_workspace_bytes(a), device);
-  const cudaError_t err =
-      kc::seg_cross_entropy_cuda(a, loss.data_ptr<float>(), status.device(), ws.data_ptr(), stream);
-  TORCH_CHECK_VALUE(err != cudaErrorInvalidConfiguration, "seg_cross_entropy: K=", K,
-                    " classes need more shared memory per block than this GPU has");
-  C10_CUDA_CHECK(err);
-  raise_status(status, &target, K, ignore_index);
-  return std::make_tuple(loss, grad);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropclass_loss_cuda(
+    const at::Tensor& logits, const at::Tensor& drop_logits, const at::Tensor& target_in,
+    const at::Tensor& keep, int64_t ignore_index, bool align_corners, bool compute_grad) {
+  const at::Device device = logits.device();
+  const c10::cuda::CUDAGuard guard(device);
+  check_on_device(logits, "logits", device);
+  check_on_device(drop_logits, "drop_logits", device);
+  check_on_device(target_in, "target", device);
+  cuda_float_dtype(logits, "logits");
+  checks::drop_logits_like(drop_logits, logits);
+  checks::label_type(target_in);
+  const auto sizes = checks::seg_cross_entropy_sizes(logits, target_in);
+
+  const cudaStream_t stream = current_stream(device);
+  Status status = make_status(device, stream);
+  int64_t keep_rows = 1;
+  const at::Tensor mask = keep_to_mask(keep, sizes.B, sizes.K, "logits", device, &status, stream, &keep_rows);
+  const at::Tensor target = target_in.contiguous();
+  CrossEntropyOutputs plain = queue_seg_cross_entropy(logits, "logits", target, at::Tensor(), 1, ignore_index,
+                                                      align_corners, compute_grad, false, &status, stream);
+  CrossEntropyOutputs dropped = queue_seg_cross_entropy(drop_logits, "drop_logits", target, mask, keep_rows,
+                                                        ignore_index, align_corners, compute_grad, true,
+                                                        &status, stream);
+  raise_status(status, &target, sizes.K, ignore_index);
+  return std::make_tuple(plain.loss, dropped.loss, dropped.sup_loss, plain.grad, dropped.grad,
+                         dropped.sup_grad);
 }
 
 // ---------------------------------------------------------------------------
@@ -297,4 +351,5 @@ TORCH_LIBRARY_IMPL(dropclass_fast, CUDA, m) {
   m.impl("channel_mask_backward", &dropclass_fast::channel_mask_backward_cuda);
   m.impl("seg_cross_entropy", &dropclass_fast::seg_cross_entropy_cuda);
   m.impl("dropped_class_prob", &dropclass_fast::dropped_class_prob_cuda);
+  m.impl("dropclass_loss", &dropclass_fast::dropclass_loss_cuda);
 }

@@ -92,6 +92,23 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
   return total;
 }
 
+// L_sup's weight of one (sample, dropped class) pixel: 1 / (N * P), with N the
+// dropped (sample, class) pairs of the batch (keep [keep_rows, K] of 0/1, one
+// row broadcast over the B samples) and P the pixels per sample; 0 when
+// nothing is dropped.  All threads of the block must call it; every thread
+// gets the result.
+__device__ __forceinline__ float dropped_pair_scale(const uint8_t* __restrict__ keep, int64_t keep_rows,
+                                                   int64_t K, int64_t B, int64_t P, double* scratch) {
+  double dropped = 0.0;
+  for (int64_t i = threadIdx.x; i < keep_rows * K; i += blockDim.x) dropped += keep[i] ? 0.0 : 1.0;
+  const double total = block_sum(dropped, scratch);
+  __shared__ double shared_total;
+  if (threadIdx.x == 0) shared_total = total;
+  __syncthreads();
+  const int64_t pairs = static_cast<int64_t>(shared_total) * (keep_rows == 1 ? B : 1);
+  return pairs > 0 ? static_cast<float>(1.0 / (static_cast<double>(pairs) * static_cast<double>(P))) : 0.f;
+}
+
 // ---------------------------------------------------------------------------
 // Launch helpers.
 // ---------------------------------------------------------------------------

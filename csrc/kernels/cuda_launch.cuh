@@ -58,6 +58,14 @@ size_t seg_cross_entropy_workspace_bytes(const SegCrossEntropyArgs& args);
 cudaError_t seg_cross_entropy_cuda(const SegCrossEntropyArgs& args, float* loss,
                                    CudaStatus* status, void* workspace, cudaStream_t stream);
 
+// The combined pass over drop_logits of dropclass_loss: seg_cross_entropy_cuda
+// plus, from the same kernel, L_sup (dropped_class_prob.h) of args.logits with
+// args.keep (required) to *sup_loss (float32, device) and, when sup_grad is
+// set, its float32 gradient [B, K, h, w].  Same workspace size.
+cudaError_t seg_cross_entropy_sup_cuda(const SegCrossEntropyArgs& args, float* loss,
+                                       float* sup_loss, float* sup_grad, CudaStatus* status,
+                                       void* workspace, cudaStream_t stream);
+
 // dropped_class_prob: *loss (float32, device) and, when args.grad is set, the
 // float32 gradient [B, K, P].
 size_t dropped_class_prob_workspace_bytes(const DroppedClassProbArgs& args);

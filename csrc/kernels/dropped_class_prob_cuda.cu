@@ -43,17 +43,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t blk = blockIdx.x % m.blocks_per_sample;
   const uint8_t* kb = keep + keep_row_of(b, m.keep_rows) * m.K;
 
-  // Dropped (sample, class) pairs over the batch, and whether sample b drops any.
-  double dropped_rows = 0.0;
-  for (int64_t i = threadIdx.x; i < m.keep_rows * m.K; i += blockDim.x) dropped_rows += keep[i] ? 0.0 : 1.0;
-  int64_t n_drop = static_cast<int64_t>(block_sum(dropped_rows, scratch));
-  __shared__ int64_t shared_n;
-  if (threadIdx.x == 0) shared_n = m.keep_rows == 1 ? n_drop * m.B : n_drop;
-  __syncthreads();
-  n_drop = shared_n;
+  const float scale = dropped_pair_scale(keep, m.keep_rows, m.K, m.B, m.P, scratch);
   bool sample_drops = false;
   for (int64_t k = 0; k < m.K; ++k) sample_drops |= kb[k] == 0;
-  const float scale = n_drop > 0 ? static_cast<float>(1.0 / (static_cast<double>(n_drop) * m.P)) : 0.f;
 
   const int64_t p0 = (blk * blockDim.x + threadIdx.x) * VEC;
   const bool active = p0 < m.P;

@@ -25,6 +25,12 @@
 //
 // Per-class storage: registers (K <= 32; KMAX in {8, 16, 24, 32}, loops fully
 // unrolled), or shared memory for larger K (32 threads per block).
+//
+// The combined pass over drop_logits (seg_cross_entropy_sup_cuda): after its
+// walk each block also computes L_sup (dropped_class_prob.h) over the pixels
+// of its own low-resolution tile, which it has just read (the second read
+// comes from cache), and writes their L_sup gradient: one kernel, one pass
+// over drop_logits from memory for both terms.
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -122,6 +128,8 @@ struct CeParams {
   unsigned long long* count_out;        // loss-only runs: counted here
   unsigned long long* bad_label;
   double* partial;                      // per-block loss sums
+  double* sup_partial;                  // per-block L_sup sums; nullptr: no L_sup (needs keep)
+  float* sup_grad;                      // L_sup gradient [B, K, h, w]; nullptr: none
 };
 
 // Per-thread class storage: five arrays of K floats.
@@ -399,6 +407,56 @@ __global__ void __launch_bounds__(threads_for<KMAX>(), min_blocks_for<KMAX>())
     p.partial[blockIdx.x] = block_loss;
     if (!with_grad) atomicAdd(p.count_out, static_cast<unsigned long long>(block_count));
   }
+  if (p.sup_partial == nullptr) return;
+
+  // L_sup of the tile's pixels, as dropped_class_prob_cuda computes it:
+  // dot = scale * sum_dropped e_k / sum_k e_k, grad_c = p_c * (wgt_c - dot).
+  const float scale = dropped_pair_scale(p.keep, p.keep_rows, p.K, p.B, plane, scratch);
+  bool sample_drops = false;
+  for (int c = 0; c < K; ++c) sample_drops |= keep_b[c] == 0;
+  const int tile_pixels = static_cast<int>(yb - ya) * TXc;
+  auto tile_dropped_prob = [&](auto storage_tag) {
+    using S = decltype(storage_tag);
+    const S* __restrict__ src = static_cast<const S*>(p.logits) + logit_base;
+    float total = 0.f;
+    for (int item = tid; item < tile_pixels; item += NT) {
+      const int64_t px = (ya + item / TXc) * p.w + xa + item % TXc;
+      float* g = p.sup_grad ? p.sup_grad + logit_base + px : nullptr;
+      if (!sample_drops) {
+        if (g) {
+          DCF_FOR_CLASSES(c) { g[c * plane] = 0.f; }
+        }
+        continue;
+      }
+      float m = -INFINITY;
+      DCF_FOR_CLASSES(c) {
+        cs.E(c) = to_float(src[c * plane + px]);
+        m = fmaxf(m, cs.E(c));
+      }
+      float sum = 0.f, dropped_sum = 0.f;
+      DCF_FOR_CLASSES(c) {
+        const float e = __expf(cs.E(c) - m);
+        cs.E(c) = e;
+        sum += e;
+        dropped_sum += keep_b[c] ? 0.f : e;
+      }
+      const float inv = 1.f / sum;
+      const float dot = scale * dropped_sum * inv;
+      total += dot;
+      if (g) {
+        DCF_FOR_CLASSES(c) { g[c * plane] = cs.E(c) * inv * ((keep_b[c] ? 0.f : scale) - dot); }
+      }
+    }
+    return total;
+  };
+  float sup = 0.f;
+  switch (p.dtype) {
+    case DType::Float16: sup = tile_dropped_prob(__half{}); break;
+    case DType::BFloat16: sup = tile_dropped_prob(__nv_bfloat16{}); break;
+    default: sup = tile_dropped_prob(0.f); break;
+  }
+  const double block_sup = block_sum(static_cast<double>(sup), scratch);
+  if (tid == 0) p.sup_partial[blockIdx.x] = block_sup;
 }
 
 #undef DCF_FOR_CLASSES
@@ -499,6 +557,7 @@ TilePlan plan_tiles(const Axis& ay, const Axis& ax, int nthreads, int64_t rows) 
 struct CeWorkspace {
   unsigned long long* count;
   double* partial;
+  double* sup_partial;
 };
 
 int class_slots(int64_t K) {
@@ -516,6 +575,7 @@ CeWorkspace carve(const SegCrossEntropyArgs& a, const TilePlan& t, void* base, s
   CeWorkspace ws{};
   ws.count = wc.take<unsigned long long>(1);
   ws.partial = wc.take<double>(a.B * a.h * t.tiles_x);  // enough for any rows per tile
+  ws.sup_partial = wc.take<double>(a.B * a.h * t.tiles_x);
   if (bytes) *bytes = wc.bytes();
   return ws;
 }
@@ -547,15 +607,26 @@ size_t seg_cross_entropy_workspace_bytes(const SegCrossEntropyArgs& a) {
   return bytes;
 }
 
-cudaError_t seg_cross_entropy_cuda(const SegCrossEntropyArgs& a, float* loss, CudaStatus* status,
-                                   void* workspace, cudaStream_t stream) {
+namespace {
+
+// The launch behind both entry points; `sup`: the L_sup outputs, or nullptr.
+struct SupOutputs {
+  float* loss;
+  float* grad;
+};
+
+cudaError_t run_seg_cross_entropy(const SegCrossEntropyArgs& a, float* loss, const SupOutputs* sup,
+                                  CudaStatus* status, void* workspace, cudaStream_t stream) {
   if (a.dtype == DType::Float64) return cudaErrorInvalidValue;
+  if (sup != nullptr && a.keep == nullptr) return cudaErrorInvalidValue;
   if (a.B <= 0 || a.K <= 0 || a.h <= 0 || a.w <= 0 || a.H <= 0 || a.W <= 0) {
-    if (a.grad != nullptr && a.B * a.K * a.h * a.w > 0) {
-      const cudaError_t err =
-          cudaMemsetAsync(a.grad, 0, sizeof(float) * a.B * a.K * a.h * a.w, stream);
-      if (err != cudaSuccess) return err;
-    }
+    const size_t grad_bytes = sizeof(float) * static_cast<size_t>(std::max<int64_t>(0, a.B * a.K * a.h * a.w));
+    cudaError_t err = cudaSuccess;
+    if (a.grad != nullptr && grad_bytes > 0) err = cudaMemsetAsync(a.grad, 0, grad_bytes, stream);
+    if (err == cudaSuccess && sup != nullptr && sup->grad != nullptr && grad_bytes > 0)
+      err = cudaMemsetAsync(sup->grad, 0, grad_bytes, stream);
+    if (err == cudaSuccess && sup != nullptr) err = cudaMemsetAsync(sup->loss, 0, sizeof(float), stream);
+    if (err != cudaSuccess) return err;
     return cudaMemsetAsync(loss, 0, sizeof(float), stream);
   }
   TilePlan t = plan_for(a);
@@ -597,6 +668,8 @@ cudaError_t seg_cross_entropy_cuda(const SegCrossEntropyArgs& a, float* loss, Cu
   p.count_out = ws.count;
   p.bad_label = &status->bad_label_index;
   p.partial = ws.partial;
+  p.sup_partial = sup != nullptr ? ws.sup_partial : nullptr;
+  p.sup_grad = sup != nullptr ? sup->grad : nullptr;
   const size_t smem = shared_bytes(t);
   switch (slots) {
     case 8: err = launch_main<8>(p, smem, stream); break;
@@ -606,8 +679,24 @@ cudaError_t seg_cross_entropy_cuda(const SegCrossEntropyArgs& a, float* loss, Cu
     default: err = launch_main<0>(p, smem, stream); break;
   }
   if (err != cudaSuccess) return err;
-  launch_finalize_loss(ws.partial, a.B * t.tiles_y * t.tiles_x, ws.count, loss, stream);
+  const int64_t blocks = a.B * t.tiles_y * t.tiles_x;
+  launch_finalize_loss(ws.partial, blocks, ws.count, loss, stream);
+  if (sup != nullptr) launch_finalize_loss(ws.sup_partial, blocks, nullptr, sup->loss, stream);
   return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t seg_cross_entropy_cuda(const SegCrossEntropyArgs& a, float* loss, CudaStatus* status,
+                                   void* workspace, cudaStream_t stream) {
+  return run_seg_cross_entropy(a, loss, nullptr, status, workspace, stream);
+}
+
+cudaError_t seg_cross_entropy_sup_cuda(const SegCrossEntropyArgs& a, float* loss, float* sup_loss,
+                                       float* sup_grad, CudaStatus* status, void* workspace,
+                                       cudaStream_t stream) {
+  const SupOutputs sup{sup_loss, sup_grad};
+  return run_seg_cross_entropy(a, loss, &sup, status, workspace, stream);
 }
 
 }  // namespace cuda

@@ -1,7 +1,8 @@
 // The CUDA kernels (csrc/kernels/*.cu, run on the CPU through
 // cuda_emulation.h) against the CPU kernels: seg_cross_entropy loss and
-// gradient, dropped_class_prob, channel_mask forward / backward, keep-mask
-// validation and bad-label reporting.  Built and run by
+// gradient, the combined pass (seg_cross_entropy + dropped_class_prob of the
+// same logits in one kernel), dropped_class_prob, channel_mask forward /
+// backward, keep-mask validation and bad-label reporting.  Built and run by
 // tests/test_cuda_build.py; prints one line per failure and a final
 // "N passed, M failed" line, exits non-zero on failure.  An argument
 // ("quick") restricts seg_cross_entropy to float32 logits and int64 labels.
@@ -78,12 +79,14 @@ struct CeCase {
   double p_ignore;
 };
 
+// sup: the combined pass (seg_cross_entropy_sup_cuda) against the CPU
+// seg_cross_entropy and dropped_class_prob; needs a keep mask (keep_mode > 0).
 template <typename S, typename L>
-void test_seg_ce(const CeCase& cs, bool grad, std::mt19937& rng) {
+void test_seg_ce(const CeCase& cs, bool grad, bool sup, std::mt19937& rng) {
   char name[256];
-  std::snprintf(name, sizeof(name), "seg_ce B%d K%d %dx%d->%dx%d ac=%d keep=%d grad=%d S%zu L%zu",
-                cs.B, cs.K, cs.h, cs.w, cs.H, cs.W, cs.align_corners, cs.keep_mode, grad, sizeof(S),
-                sizeof(L));
+  std::snprintf(name, sizeof(name), "seg_ce B%d K%d %dx%d->%dx%d ac=%d keep=%d grad=%d sup=%d S%zu L%zu",
+                cs.B, cs.K, cs.h, cs.w, cs.H, cs.W, cs.align_corners, cs.keep_mode, grad, sup,
+                sizeof(S), sizeof(L));
   std::normal_distribution<float> normal(0.f, 3.f);
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
   std::vector<S> logits(cs.B * cs.K * cs.h * cs.w);
@@ -108,13 +111,29 @@ void test_seg_ce(const CeCase& cs, bool grad, std::mt19937& rng) {
   a.grad = grad ? cpu_grad.data() : nullptr;
   const SegCrossEntropyResult want = seg_cross_entropy(a, serial_parallel_for);
 
+  std::vector<float> cpu_sup_grad(logits.size(), 7.f), cuda_sup_grad(logits.size(), 9.f);
+  double want_sup = 0.0;
+  if (sup) {
+    DroppedClassProbArgs d;
+    d.logits = a.logits;
+    d.dtype = a.dtype;
+    d.keep = a.keep;
+    d.keep_rows = a.keep_rows;
+    d.B = cs.B; d.K = cs.K; d.P = cs.h * cs.w;
+    d.grad = grad ? cpu_sup_grad.data() : nullptr;
+    want_sup = dropped_class_prob(d, serial_parallel_for);
+  }
+
   a.grad = grad ? cuda_grad.data() : nullptr;
   std::vector<char> workspace(kc::seg_cross_entropy_workspace_bytes(a) + 1);
   kc::CudaStatus status;
-  float loss = -1.f;
+  float loss = -1.f, sup_loss = -1.f;
   kc::cuda_status_reset(&status, nullptr);
-  check(kc::seg_cross_entropy_cuda(a, &loss, &status, workspace.data(), nullptr) == cudaSuccess,
-        std::string(name) + " launch");
+  const cudaError_t launched =
+      sup ? kc::seg_cross_entropy_sup_cuda(a, &loss, &sup_loss, grad ? cuda_sup_grad.data() : nullptr,
+                                           &status, workspace.data(), nullptr)
+          : kc::seg_cross_entropy_cuda(a, &loss, &status, workspace.data(), nullptr);
+  check(launched == cudaSuccess, std::string(name) + " launch");
   check(status.bad_label_index == kc::kNoIndex, std::string(name) + " no bad label");
   const double loss_err = std::fabs(loss - want.loss) / std::max(1.0, std::fabs(want.loss));
   check(loss_err < 2e-6, std::string(name) + " loss " + std::to_string(loss) + " vs " +
@@ -122,6 +141,13 @@ void test_seg_ce(const CeCase& cs, bool grad, std::mt19937& rng) {
   if (grad) {
     const double err = relative_error(cuda_grad, cpu_grad);
     check(err < 2e-5, std::string(name) + " grad rel err " + std::to_string(err));
+  }
+  if (!sup) return;
+  check(std::fabs(sup_loss - want_sup) <= 2e-6 * std::max(1e-3, std::fabs(want_sup)),
+        std::string(name) + " L_sup " + std::to_string(sup_loss) + " vs " + std::to_string(want_sup));
+  if (grad) {
+    const double err = relative_error(cuda_sup_grad, cpu_sup_grad);
+    check(err < 2e-5, std::string(name) + " L_sup grad rel err " + std::to_string(err));
   }
 }
 
@@ -266,10 +292,11 @@ int main(int argc, char** argv) {
   };
   for (const CeCase& cs : cases)
     for (bool grad : {true, false}) {
-      test_seg_ce<float, int64_t>(cs, grad, rng);
+      test_seg_ce<float, int64_t>(cs, grad, false, rng);
+      if (cs.keep_mode > 0) test_seg_ce<float, int64_t>(cs, grad, true, rng);
       if (quick) continue;
-      test_seg_ce<half_t, int32_t>(cs, grad, rng);
-      if (cs.ignore == 255) test_seg_ce<bf16_t, uint8_t>(cs, grad, rng);
+      test_seg_ce<half_t, int32_t>(cs, grad, cs.keep_mode > 0, rng);
+      if (cs.ignore == 255) test_seg_ce<bf16_t, uint8_t>(cs, grad, false, rng);
     }
 
   for (int keep_mode : {0, 1, 2}) {
