@@ -37,7 +37,7 @@ test: $(STAMP) lint cpp-test
 bench: $(STAMP)
 	$(PY) -m pytest --benchmark-only benchmarks/
 
-# Runs the suite and rewrites benchmarks/RESULTS.md and its plots (about 15 minutes on a 2-core CPU).
+# Runs the suite and rewrites benchmarks/RESULTS.md, its plots and results.json (about 4 minutes on a 2-core CPU).
 bench-report: $(STAMP)
 	$(PY) benchmarks/report.py
 
