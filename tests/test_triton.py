@@ -283,6 +283,34 @@ def test_deterministic_mode_is_bit_identical():
         assert torch.equal(first, second)
 
 
+def test_tuning_leaves_out_candidates_the_gpu_cannot_launch(monkeypatch):
+    """Measuring skips a candidate that raises OutOfResources (seen at compile time: TX=256 needs 320 KiB of shared
+    memory at the Cityscapes shape on sm_90) and raises only when none launches."""
+    from triton.runtime.errors import OutOfResources
+
+    from dropclass_fast.triton import _tuning
+
+    monkeypatch.setattr(_tuning, "INTERPRET", False)
+    monkeypatch.setattr(_tuning, "_chosen", {})
+    milliseconds = {"slow": 2.0, "fast": 1.0}
+    launched = []
+
+    def run(config: str) -> None:
+        launched.append(config)
+        if config == "huge":
+            raise OutOfResources(327680, 232448, "shared memory")
+
+    def do_bench(fn, warmup, rep):
+        fn()
+        return milliseconds[launched[-1]]
+
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    assert _tuning.pick("case", ["slow", "huge", "fast"], run, deterministic=False) == "fast"
+    assert _tuning.pick("case", ["slow", "huge", "fast"], run, deterministic=True) == "slow"
+    with pytest.raises(OutOfResources):
+        _tuning.pick("too big", ["huge", "huge"], run, deterministic=False)
+
+
 def test_float64_runs_on_the_reference():
     logits = make_logits(2, 4, (5, 5)).double()
     target = make_target(2, 4, (9, 9))
