@@ -7,7 +7,7 @@ CMAKE_BUILD := build/cmake
 SOURCES := setup.py pyproject.toml requirements-dev.txt \
 	$(wildcard csrc/*.cpp csrc/*.h csrc/kernels/*.cpp csrc/kernels/*.h csrc/cuda/*.cpp csrc/kernels/*.cu csrc/kernels/*.cuh)
 
-.PHONY: demo test lint cpp-test nvcc-check bench bench-report clean
+.PHONY: demo test lint cpp-test nvcc-check bench bench-report gpu-build gpu-test gpu-bench clean
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,25 @@ bench: $(STAMP)
 # Runs the suite and rewrites benchmarks/RESULTS.md, its plots and results.json (about 4 minutes on a 2-core CPU).
 bench-report: $(STAMP)
 	$(PY) benchmarks/report.py
+
+# On a CUDA machine whose $(GPU_PYTHON) already holds a CUDA build of torch (nothing is downloaded):
+# build the CUDA kernels in place, run the GPU tests (pytest marker gpu: CUDA and Triton kernels at full
+# size, compute-sanitizer), and benchmark at the paper's shapes. gpu-bench merges its run with the CPU
+# run in benchmarks/results.json into benchmarks/RESULTS.md and records the faster of the Triton and
+# CUDA kernels per op in dropclass_fast/backend_table.json. BENCH_ARGS passes pytest arguments to the
+# suite, e.g. BENCH_ARGS='-k voc' to run part of it.
+GPU_PYTHON ?= python3
+GPU_OUT ?= build/gpu-bench
+gpu-build:
+	$(GPU_PYTHON) -m pip install --no-deps --no-build-isolation -e .
+
+gpu-test: gpu-build
+	$(GPU_PYTHON) -m pytest -m gpu tests -q
+
+gpu-bench: gpu-build
+	DROPCLASS_BENCH_DEVICES=cuda $(GPU_PYTHON) benchmarks/report.py --output-dir $(GPU_OUT) -- $(BENCH_ARGS)
+	$(GPU_PYTHON) benchmarks/report.py --json benchmarks/results.json --json $(GPU_OUT)/results.json
+	$(GPU_PYTHON) benchmarks/backend_table.py --json $(GPU_OUT)/results.json
 
 clean:
 	rm -rf build $(VENV) dropclass_fast/_C*.so *.egg-info

@@ -8,9 +8,12 @@ the bytes an op must move, and how the report judges a target.
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +21,14 @@ import torch
 from torch import nn
 
 import dropclass_fast
-from dropclass_fast import reference
+from dropclass_fast import _backend, reference
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 
-import cases  # noqa: E402 - benchmarks/ is not a package
+import backend_table  # noqa: E402 - benchmarks/ is not a package
+import cases  # noqa: E402
 import official_dropclass  # noqa: E402
 import report  # noqa: E402
 import results  # noqa: E402
@@ -195,3 +199,144 @@ def test_report_renders_gpu_rows_with_bandwidth() -> None:
     assert triton.split(" | ")[4:] == ["5.00 (5.00)", "20.00", "2.50", "10.0", "0.050", "600.00", "1.7 |"]
     assert "Measured copy bandwidth on cuda: 1000.0 GB/s." in text
     assert report.NOT_MEASURED_GPU not in text
+
+
+GPU_A, GPU_B, GPU_OLD = "NVIDIA Fake A", "NVIDIA Fake B", "NVIDIA Old"
+#: (op, impl, dtype) -> median ms on GPU A, fwd+bwd at the Cityscapes shape. channel_mask: triton 2 ms vs cuda 4 ms;
+#: seg_cross_entropy: 6 vs 2; dropclass_loss: triton wins float32 (1 vs 2) but loses the sum (1 + 5 = 6 vs 2 + 3 = 5);
+#: dropped_class_prob: no cuda bfloat16 row.
+GPU_A_MS = {
+    ("channel_mask", "triton", "float32"): 1.0, ("channel_mask", "triton", "bfloat16"): 1.0,
+    ("channel_mask", "cuda", "float32"): 2.0, ("channel_mask", "cuda", "bfloat16"): 2.0,
+    ("seg_cross_entropy", "triton", "float32"): 3.0, ("seg_cross_entropy", "triton", "bfloat16"): 3.0,
+    ("seg_cross_entropy", "cuda", "float32"): 1.0, ("seg_cross_entropy", "cuda", "bfloat16"): 1.0,
+    ("dropclass_loss", "triton", "float32"): 1.0, ("dropclass_loss", "triton", "bfloat16"): 5.0,
+    ("dropclass_loss", "cuda", "float32"): 2.0, ("dropclass_loss", "cuda", "bfloat16"): 3.0,
+    ("dropped_class_prob", "triton", "float32"): 1.0, ("dropped_class_prob", "triton", "bfloat16"): 1.0,
+    ("dropped_class_prob", "cuda", "float32"): 2.0,
+}  # fmt: skip
+
+
+def _bench(ms: float, **case: str) -> dict:
+    """One pytest-benchmark entry: an op row of ``case`` (fwd+bwd on CUDA at the Cityscapes shape by default)."""
+    extra = {"kind": "op", "device": "cuda", "mode": "fwd+bwd", "shape": "cityscapes", **case}
+    return {"name": "test_op", "stats": {"median": ms / 1e3, "min": ms / 1e3, "rounds": 5}, "extra_info": extra}
+
+
+def _write_run(path: Path, gpu: str | None, benches: list[dict], when: str = "2026-12-01T10:20:30+00:00") -> Path:
+    """A pytest-benchmark JSON file as the suite writes it, run on ``gpu``."""
+    machine = {"dropclass_fast": {"cuda_device": gpu}, "cpu": {"brand_raw": "Fake CPU"}}
+    data = {"datetime": when, "commit_info": {"id": "abcdef0123", "dirty": False}, "machine_info": machine,
+            "benchmarks": benches}  # fmt: skip
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _gpu_runs(tmp_path: Path) -> list[Path]:
+    """GPU A (:data:`GPU_A_MS`, plus rows of other modes, shapes and impls where the opposite backend is faster)
+    and GPU B (channel_mask only, cuda faster)."""
+    benches = [_bench(ms, op=op, impl=impl, dtype=dtype) for (op, impl, dtype), ms in GPU_A_MS.items()]
+    for dtype in cases.DTYPES:
+        benches += [
+            _bench(0.1, op="channel_mask", impl="cuda", dtype=dtype, mode="fwd"),
+            _bench(0.1, op="channel_mask", impl="cuda", dtype=dtype, shape="voc"),
+            _bench(9.0, op="seg_cross_entropy", impl="cuda", dtype=dtype, shape="voc"),
+            _bench(0.1, op="dropped_class_prob", impl="cuda", dtype=dtype, shape="voc"),
+            _bench(0.1, op="dropped_class_prob", impl="eager", dtype=dtype),
+        ]
+    gpu_a = _write_run(tmp_path / "a.json", GPU_A, benches)
+    benches_b = [
+        _bench(ms, op="channel_mask", impl=impl, dtype=dtype)
+        for impl, ms in (("triton", 3.0), ("cuda", 2.5))
+        for dtype in cases.DTYPES
+    ]
+    gpu_b = _write_run(tmp_path / "b.json", GPU_B, benches_b, when="2026-12-02T08:00:00+00:00")
+    return [gpu_a, gpu_b]
+
+
+def _table_argv(paths: list[Path], output: Path) -> list[str]:
+    return [arg for path in paths for arg in ("--json", str(path))] + ["--output", str(output)]
+
+
+def test_backend_table_picks_the_faster_backend_per_gpu_and_op(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    output = tmp_path / "table.json"
+    devices = {GPU_OLD: {"channel_mask": "cuda"}, GPU_A: {"dropped_class_prob": "cuda"}}
+    measured = f"{GPU_OLD}: 2026-01-01 00:00 UTC, commit 1234567; {GPU_A}: 2026-01-01 00:00 UTC, commit 1234567"
+    output.write_text(json.dumps({"about": "x", "measured": measured, "command": "old", "devices": devices}))
+    argv = _table_argv(_gpu_runs(tmp_path), output)
+    assert backend_table.main(argv) == 0
+    table = json.loads(output.read_text())
+    assert table["devices"] == {
+        GPU_A: {"channel_mask": "triton", "seg_cross_entropy": "cuda", "dropclass_loss": "cuda"},
+        GPU_B: {"channel_mask": "cuda"},
+        GPU_OLD: {"channel_mask": "cuda"},
+    }
+    assert table["measured"] == (
+        f"{GPU_A}: 2026-12-01 10:20 UTC, commit abcdef0; {GPU_B}: 2026-12-02 08:00 UTC, commit abcdef0; "
+        f"{GPU_OLD}: 2026-01-01 00:00 UTC, commit 1234567"
+    )
+    assert table["command"] == "python benchmarks/backend_table.py " + " ".join(argv)
+    assert table["about"] == backend_table.ABOUT
+    printed = capsys.readouterr().out
+    assert "dropclass_loss       triton     6.000 ms  cuda     5.000 ms  -> cuda" in printed
+    assert "dropped_class_prob   left out" in printed
+
+
+def test_backend_table_judges_the_shape_asked_for(tmp_path: Path) -> None:
+    """At the VOC shape GPU A has cuda rows only: the file lacks triton rows there."""
+    output = tmp_path / "table.json"
+    gpu_a = _gpu_runs(tmp_path)[0]
+    message = f"{gpu_a}: no CUDA fwd+bwd rows of the triton backend at shape 'voc'"
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        backend_table.main(["--json", str(gpu_a), "--output", str(output), "--shape", "voc"])
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("gpu", "impls", "device", "message"),
+    [
+        ("NVIDIA Fake", ("triton",), "cuda", "the cuda backend"),  # no cuda rows
+        (None, ("triton", "cuda"), "cpu", "the triton and cuda backends"),  # a CPU run
+        (None, ("triton", "cuda"), "cuda", "does not record its GPU's name"),
+    ],
+)
+def test_backend_table_exits_naming_a_file_without_rows_of_both_backends(
+    tmp_path: Path, gpu: str | None, impls: tuple[str, ...], device: str, message: str
+) -> None:
+    benches = [_bench(1.0, op="channel_mask", impl=impl, dtype="float32", device=device) for impl in impls]
+    good, bad = _gpu_runs(tmp_path)[1], _write_run(tmp_path / "bad.json", gpu, benches)
+    output = tmp_path / "table.json"
+    with pytest.raises(SystemExit, match=f"^{re.escape(str(bad))}: .*{message}"):
+        backend_table.main(_table_argv([good, bad], output))
+    assert not output.exists()
+
+
+@pytest.fixture
+def measured_table_cache() -> Iterator[None]:
+    """``_backend.measured_table`` re-read from ``TABLE_PATH`` in the test and again after it."""
+    _backend.measured_table.cache_clear()
+    yield
+    _backend.measured_table.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("gpu", "op", "expected"),
+    [
+        (GPU_A, "seg_cross_entropy", "cuda"),
+        (GPU_A, "channel_mask", "triton"),
+        (GPU_B, "channel_mask", "cuda"),
+        (GPU_A, "dropped_class_prob", "triton"),
+        ("NVIDIA Unmeasured", "channel_mask", "triton"),
+    ],
+)
+def test_auto_backend_resolves_to_the_backend_the_table_chose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, measured_table_cache: None, gpu: str, op: str, expected: str
+) -> None:
+    """With both backends available, "auto" runs the table's choice for the GPU; Triton where the table has none."""
+    output = tmp_path / "table.json"
+    backend_table.main(_table_argv(_gpu_runs(tmp_path), output))
+    monkeypatch.setattr(_backend, "TABLE_PATH", output)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu)
+    monkeypatch.setattr(_backend, "_triton_unavailable", lambda device_type: None)
+    monkeypatch.setattr(_backend, "_cuda_unavailable", lambda device_type: None)
+    assert _backend._resolve_cuda_auto(op) == expected
