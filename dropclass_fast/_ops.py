@@ -33,37 +33,49 @@ def _refuse_double_backward(op: str) -> None:
 def _save_grad(ctx, inputs, output) -> None:
     ctx.save_for_backward(output[1])
     ctx.logits_dtype = inputs[0].dtype
+    # The gradients of the gradient outputs are never used: no tensors of zeros for them.
+    ctx.set_materialize_grads(False)
 
 
-def _scaled_saved_grad(ctx, grad_loss: torch.Tensor, op: str) -> torch.Tensor:
+def _saved_grads(ctx, op: str) -> tuple[torch.Tensor, ...]:
     _refuse_double_backward(op)
-    (grad,) = ctx.saved_tensors
-    if grad.numel() == 0:
+    grads = ctx.saved_tensors
+    if grads[0].numel() == 0:
         raise RuntimeError(f"dropclass_fast.{op} was called with compute_grad=False; no gradient was kept")
-    return (grad * grad_loss).to(ctx.logits_dtype)
+    return grads
+
+
+def _scaled(grad: torch.Tensor, grad_loss: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``grad * grad_loss`` in ``dtype``; None when the loss got no gradient."""
+    return None if grad_loss is None else (grad * grad_loss).to(dtype)
 
 
 def _seg_cross_entropy_backward(ctx, grad_loss, _grad_of_grad):
-    return _scaled_saved_grad(ctx, grad_loss, "seg_cross_entropy"), None, None, None, None, None
+    (grad,) = _saved_grads(ctx, "seg_cross_entropy")
+    return _scaled(grad, grad_loss, ctx.logits_dtype), None, None, None, None, None
 
 
 def _dropped_class_prob_backward(ctx, grad_loss, _grad_of_grad):
-    return _scaled_saved_grad(ctx, grad_loss, "dropped_class_prob"), None, None
+    (grad,) = _saved_grads(ctx, "dropped_class_prob")
+    return _scaled(grad, grad_loss, ctx.logits_dtype), None, None
 
 
 def _dropclass_loss_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*output[3:])
     ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
+    ctx.set_materialize_grads(False)
 
 
 def _dropclass_loss_backward(ctx, grad_ce, grad_ce_drop, grad_sup, *_grads_of_grads):
-    _refuse_double_backward("dropclass_loss")
-    grad, grad_drop, grad_sup_term = ctx.saved_tensors
-    if grad.numel() == 0:
-        raise RuntimeError("dropclass_fast.dropclass_loss was called with compute_grad=False; no gradient was kept")
-    grad_logits = (grad * grad_ce).to(ctx.dtypes[0])
-    grad_drop_logits = torch.addcmul(grad_drop * grad_ce_drop, grad_sup_term, grad_sup).to(ctx.dtypes[1])
-    return grad_logits, grad_drop_logits, None, None, None, None, None
+    grad, grad_drop, grad_sup_term = _saved_grads(ctx, "dropclass_loss")
+    grad_drop_logits = _scaled(grad_drop, grad_ce_drop, ctx.dtypes[1])
+    if grad_sup is not None:
+        grad_drop_logits = (
+            _scaled(grad_sup_term, grad_sup, ctx.dtypes[1])
+            if grad_ce_drop is None
+            else (grad_drop * grad_ce_drop).addcmul_(grad_sup_term, grad_sup).to(ctx.dtypes[1])
+        )
+    return _scaled(grad, grad_ce, ctx.dtypes[0]), grad_drop_logits, None, None, None, None, None
 
 
 def _channel_mask_setup(ctx, inputs, output) -> None:

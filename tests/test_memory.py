@@ -28,3 +28,14 @@ def test_fused_seg_cross_entropy_peak_memory_is_an_eighth_of_eager(cpp_backend, 
     assert eager > 2 * full_resolution_mib, (eager, fused)
     assert fused <= eager / 8, (eager, fused)
     assert fused < full_resolution_mib / 2, (eager, fused)
+
+
+def test_fused_dropclass_loss_holds_only_its_gradients(cpp_backend):
+    """``dropclass_loss`` fwd+bwd (B=2, K=19, 64x128 -> 256x512): at its peak it holds the three gradients it saves
+    (of CE, CE_drop and L_sup) and the two input gradients it writes, each the size of the float32 logits, and
+    nothing of full resolution; no zero tensors for the gradients of its gradient outputs."""
+    measure = _peak_memory_module().measure
+    case = {"op": "dropclass_loss", "B": 2, "K": 19, "h": 64, "w": 128, "H": 256, "W": 512, "keep": True}
+    fused = measure({**case, "impl": "cpp"})["peak_extra_mib"]
+    logits_mib = 2 * 19 * 64 * 128 * 4 / 2**20
+    assert fused <= 5.5 * logits_mib, (fused, logits_mib)

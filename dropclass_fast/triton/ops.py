@@ -156,6 +156,8 @@ def _save_loss_grads(ctx, inputs, output) -> None:
     ctx.save_for_backward(*output[1:])
     ctx.dtype = inputs[0].dtype
     ctx.numel = inputs[0].numel()
+    # The gradients of the gradient and scale outputs are never used: no tensors of zeros for them.
+    ctx.set_materialize_grads(False)
 
 
 def _seg_cross_entropy_grad(ctx, grad_loss, _grad, _scales):
@@ -247,6 +249,7 @@ def _dropclass_loss_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*output[3:])
     ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
     ctx.numel = inputs[0].numel()
+    ctx.set_materialize_grads(False)
 
 
 def _dropclass_loss_grad(ctx, grad_ce, grad_ce_drop, grad_sup, *_unused):
