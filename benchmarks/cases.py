@@ -25,11 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import settings
 import torch
 
 import dropclass_fast
+from dropclass_fast import _extension, reference
 from dropclass_fast import functional as dcf
-from dropclass_fast import reference
 
 Case = dict[str, Any]
 
@@ -184,6 +185,22 @@ def build_op(case: Case) -> Runner:
             synchronize()
 
     return Runner(run, clear)
+
+
+def unavailable(case: Case) -> str | None:
+    """Why ``case`` cannot run in this session (the skip reason), or ``None``."""
+    device, impl = case["device"], case.get("impl")
+    if device not in settings.DEVICES:
+        return f"device {device!r} not selected (DROPCLASS_BENCH_DEVICES={','.join(settings.DEVICES)})"
+    if device == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device in this run"
+    if impl == "cpp" and device != "cpu":
+        return "the C++ backend runs on CPU tensors only"
+    if impl in GPU_BACKENDS and device == "cpu":
+        return f"{impl!r} is a GPU backend (on CPU only under TRITON_INTERPRET=1, a test mode: not timed)"
+    if impl == "cpp" and not _extension.load():
+        return f"C++ kernels unavailable: {_extension.error()}"
+    return None
 
 
 def build(case: Case) -> Runner:

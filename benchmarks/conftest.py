@@ -32,8 +32,6 @@ import cases  # noqa: E402 - after the path set-up above
 import peak_memory  # noqa: E402
 import settings  # noqa: E402
 
-from dropclass_fast import _extension  # noqa: E402
-
 
 def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(settings.THREADS)
@@ -92,22 +90,6 @@ def memory_worker() -> Iterator[peak_memory.MemoryWorker]:
     worker.close()
 
 
-def unavailable(case: cases.Case) -> str | None:
-    """Why ``case`` cannot run in this session (the skip reason), or ``None``."""
-    device, impl = case["device"], case.get("impl")
-    if device not in settings.DEVICES:
-        return f"device {device!r} not selected (DROPCLASS_BENCH_DEVICES={','.join(settings.DEVICES)})"
-    if device == "cuda" and not torch.cuda.is_available():
-        return "no CUDA device in this run"
-    if impl == "cpp" and device != "cpu":
-        return "the C++ backend runs on CPU tensors only"
-    if impl in cases.GPU_BACKENDS and device == "cpu":
-        return f"{impl!r} is a GPU backend (on CPU only under TRITON_INTERPRET=1, a test mode: not timed)"
-    if impl == "cpp" and not _extension.load():
-        return f"C++ kernels unavailable: {_extension.error()}"
-    return None
-
-
 def _build(case: cases.Case) -> tuple[cases.Runner, float]:
     """The case's runner and the time of its first call (kernel loading, compilation); skips where it cannot run."""
     try:
@@ -140,7 +122,7 @@ def run_case(benchmark: Any, memory_worker: peak_memory.MemoryWorker) -> Callabl
         case = {"threads": settings.THREADS, **case}
         if case.get("impl") == "compile":
             case["compile_backend"] = settings.COMPILE_BACKEND
-        reason = unavailable(case)
+        reason = cases.unavailable(case)
         if reason is not None:
             pytest.skip(reason)
         label = cases.shape_label(case)

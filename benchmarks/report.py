@@ -57,7 +57,8 @@ METHOD = """\
   `official`: DropClass written as the official code (`benchmarks/official_dropclass.py`);
   `dropclass_fast`: `build_model(..., dropclass=True)` + `DropClassLoss` (backend `"auto"`).
 * **noise**: on a shared machine the same case's median can move by 2x between runs minutes apart;
-  the interleaved table (both implementations timed in every round, alternating) is the robust ratio.
+  the interleaved timings (the implementations, or the training-step variants, timed back to back in
+  every round, the order alternating) give the robust ratios, and the targets are judged on them.
 """
 
 
@@ -212,6 +213,10 @@ def _step_section(results: Results) -> list[str]:
         header = ["variant", "loss/DropClass backend", "median ms (min)", "/ baseline time", "peak extra MiB",
                   "/ baseline memory"]  # fmt: skip
         out += [*_table(header, lines), ""]
+        interleaved = results.one("interleaved_step", device=device, shape=shape, precision=precision)
+        if interleaved is not None:
+            text = targets_module.interleaved_step_text(interleaved)
+            out += [f"Steps timed back to back in every round ({text}).", ""]
     return out
 
 

@@ -122,6 +122,18 @@ def _step_rows(results: Results, device: str, shape: str, precision: str) -> dic
     return rows
 
 
+def interleaved_step_text(row: Row) -> str:
+    """``"interleaved: official 1.148x (1.08-1.22), dropclass_fast 1.084x (1.01-1.16) the baseline's time, N
+    rounds"`` from an ``interleaved_step`` row: the median (range) of the per-round ratios to the baseline."""
+    parts = [
+        f"{variant} {row[f'{variant}_ratio_median']:.3f}x ({row[f'{variant}_ratio_min']:.2f}-"
+        f"{row[f'{variant}_ratio_max']:.2f})"
+        for variant in STEP_VARIANTS
+        if variant != "baseline" and f"{variant}_ratio_median" in row
+    ]
+    return f"interleaved: {', '.join(parts)} the baseline's time, median of {row['rounds']} rounds"
+
+
 def _gpu_step_targets(results: Results) -> list[Target]:
     time_name = "GPU step (bf16 autocast, Cityscapes shape): dropclass_fast at most 1.10x the baseline step time"
     memory_name = "GPU step (bf16 autocast, Cityscapes shape): dropclass_fast peak memory at most the baseline's"
@@ -132,9 +144,14 @@ def _gpu_step_targets(results: Results) -> list[Target]:
         return [Target(name, reason, NOT_MEASURED) for name in (time_name, memory_name, official_name)]
     base, fast = rows["baseline"], rows["dropclass_fast"]
     time_ratio = fast["median_s"] / base["median_s"]
+    time_text = f"{_ms(fast)} vs {_ms(base)} = {time_ratio:.3f}x"
+    interleaved = results.one("interleaved_step", device="cuda", shape="cityscapes", precision="bf16-autocast")
+    if interleaved is not None:
+        time_ratio = interleaved["dropclass_fast_ratio_median"]
+        time_text += f"; {interleaved_step_text(interleaved)}, judged on it"
     memory_ratio = _ratio(fast["peak_extra_mib"], base["peak_extra_mib"])
     targets = [
-        Target(time_name, f"{_ms(fast)} vs {_ms(base)} = {time_ratio:.3f}x", _status(time_ratio <= 1.10)),
+        Target(time_name, time_text, _status(time_ratio <= 1.10)),
         Target(
             memory_name,
             f"{fast['peak_extra_mib']:.0f} vs {base['peak_extra_mib']:.0f} MiB = {memory_ratio:.3f}",
@@ -165,6 +182,9 @@ def _cpu_step_target(results: Results) -> Target:
                 f"{row['peak_extra_mib']:.0f} MiB ({_ratio(row['peak_extra_mib'], base['peak_extra_mib']):.2f})"
                 for variant, row in rows.items()
             ]
+            interleaved = results.one("interleaved_step", device=device, shape=shape, precision=precision)
+            if interleaved is not None:
+                parts.append(interleaved_step_text(interleaved))
             return Target(name, f"{base['shape_label']}: " + "; ".join(parts), REPORTED)
     return Target(name, "no CPU training-step rows", NOT_MEASURED)
 

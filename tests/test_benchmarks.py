@@ -71,6 +71,11 @@ def test_smoke_run_has_a_row_for_every_op_backend_mode_and_step(smoke_json: Path
     assert all(r["peak_extra_mib"] > 0 for r in steps), steps
     assert {r["dropclass_backend"] for r in steps if "dropclass_backend" in r} == {"cpp"}
     assert sorted(r["dtype"] for r in rows.select("interleaved")) == sorted(cases.DTYPES)
+    (step,) = rows.select("interleaved_step", device="cpu", shape="smoke", precision="float32")
+    assert step["rounds"] == 1 and step["baseline_ratio_median"] == 1.0, step
+    for variant in ("official", "dropclass_fast"):
+        ratio = step[f"{variant}_median_ms"] / step["baseline_median_ms"]  # one round: the ratio of the two times
+        assert step[f"{variant}_ratio_median"] == pytest.approx(ratio, rel=1e-3), step
     assert rows.copy_bandwidth("cpu") > 0
     assert not rows.select("op", device="cuda")
 
@@ -189,6 +194,27 @@ def test_gpu_targets_are_judged_on_the_measured_ratios() -> None:
     assert {status for name, status in judged.items() if name.startswith("cuda:")} == {"not measured"}
     step = [status for name, status in judged.items() if name.startswith("GPU step")]
     assert step == ["not met", "met", "reported"]
+
+
+def _interleaved_step_row(fast_ratio: float) -> dict:
+    return {"kind": "interleaved_step", "device": "cuda", "shape": "cityscapes", "precision": "bf16-autocast",
+            "rounds": 10, "baseline_ratio_median": 1.0, "baseline_ratio_min": 1.0, "baseline_ratio_max": 1.0,
+            "official_ratio_median": 1.4, "official_ratio_min": 1.3, "official_ratio_max": 1.5,
+            "dropclass_fast_ratio_median": fast_ratio, "dropclass_fast_ratio_min": 1.0,
+            "dropclass_fast_ratio_max": 1.2}  # fmt: skip
+
+
+@pytest.mark.parametrize(("fast_ratio", "status"), [(1.05, "met"), (1.15, "not met")])
+def test_gpu_step_time_is_judged_on_the_interleaved_ratio(fast_ratio: float, status: str) -> None:
+    """The separately timed medians say 1.12x (not met); the interleaved per-round ratios decide."""
+    rows = [*_gpu_rows(), _interleaved_step_row(fast_ratio)]
+    (step_time,) = [t for t in targets.evaluate(results.Results(rows=rows)) if "step time" in t.name]
+    assert step_time.status == status
+    assert f"dropclass_fast {fast_ratio:.3f}x (1.00-1.20)" in step_time.measured
+    assert step_time.measured.startswith("112.00 ms vs 100.00 ms = 1.120x; interleaved: official 1.400x (1.30-1.50)")
+    text = report.render(results.Results(rows=rows), "report.py --json gpu.json", [])
+    assert f"Steps timed back to back in every round (interleaved: official 1.400x (1.30-1.50), dropclass_fast " \
+        f"{fast_ratio:.3f}x (1.00-1.20) the baseline's time, median of 10 rounds)." in text
 
 
 def test_report_renders_gpu_rows_with_bandwidth() -> None:
