@@ -1,5 +1,6 @@
 // Argument checks shared by the CPU (csrc/ops.cpp) and CUDA (csrc/cuda/ops_cuda.cpp) bindings,
-// so both raise the same TypeError / ValueError messages for the same bad input.
+// so both raise the same TypeError / ValueError messages for the same bad input, and the kernel
+// argument structs both fill from the checked tensors.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,7 +8,10 @@
 
 #include <cstdint>
 
+#include "kernels/channel_mask.h"
 #include "kernels/common.h"
+#include "kernels/dropped_class_prob.h"
+#include "kernels/seg_cross_entropy.h"
 
 namespace dropclass_fast {
 namespace checks {
@@ -43,6 +47,19 @@ inline at::Tensor keep_rows(const at::Tensor& keep, int64_t B, int64_t K, const 
   return rows;
 }
 
+// Sizes of logits [B, K, h, w] (K > 0).
+struct LogitsSizes {
+  int64_t B, K, h, w;
+};
+
+inline LogitsSizes logits_sizes(const at::Tensor& logits, const char* logits_name = "logits") {
+  TORCH_CHECK_VALUE(logits.dim() == 4, logits_name, " must have shape [B, K, h, w], got ",
+                    logits.sizes());
+  TORCH_CHECK_VALUE(logits.size(1) > 0, logits_name, " must have at least one class, got ",
+                    logits.sizes());
+  return {logits.size(0), logits.size(1), logits.size(2), logits.size(3)};
+}
+
 // Sizes of a seg_cross_entropy call: logits [B, K, h, w] (K, h, w > 0), target [B, H, W].
 struct SegCrossEntropySizes {
   int64_t B, K, h, w, H, W;
@@ -50,17 +67,53 @@ struct SegCrossEntropySizes {
 
 inline SegCrossEntropySizes seg_cross_entropy_sizes(const at::Tensor& logits, const at::Tensor& target,
                                                     const char* logits_name = "logits") {
-  TORCH_CHECK_VALUE(logits.dim() == 4, logits_name, " must have shape [B, K, h, w], got ",
-                    logits.sizes());
+  const LogitsSizes n = logits_sizes(logits, logits_name);
   TORCH_CHECK_VALUE(target.dim() == 3, "target must have shape [B, H, W], got ", target.sizes());
-  const int64_t B = logits.size(0), K = logits.size(1), h = logits.size(2), w = logits.size(3);
-  TORCH_CHECK_VALUE(target.size(0) == B, "target batch size ", target.size(0), " does not match ",
-                    logits_name, " batch size ", B, " (target ", target.sizes(), ", ", logits_name, " ",
+  TORCH_CHECK_VALUE(target.size(0) == n.B, "target batch size ", target.size(0), " does not match ",
+                    logits_name, " batch size ", n.B, " (target ", target.sizes(), ", ", logits_name, " ",
                     logits.sizes(), ")");
-  TORCH_CHECK_VALUE(K > 0, logits_name, " must have at least one class, got ", logits.sizes());
-  TORCH_CHECK_VALUE(h > 0 && w > 0, logits_name, " must have non-empty spatial size, got ",
+  TORCH_CHECK_VALUE(n.h > 0 && n.w > 0, logits_name, " must have non-empty spatial size, got ",
                     logits.sizes());
-  return {B, K, h, w, target.size(1), target.size(2)};
+  return {n.B, n.K, n.h, n.w, target.size(1), target.size(2)};
+}
+
+// The kernels' arguments for contiguous `logits` and `target` of sizes `n`, the uint8 keep mask
+// [keep_rows, K] (undefined: keep all) and the gradient buffer `grad` (nullptr: loss only).
+inline kernels::SegCrossEntropyArgs seg_cross_entropy_args(kernels::DType dtype, const at::Tensor& logits,
+                                                           const at::Tensor& target,
+                                                           const SegCrossEntropySizes& n,
+                                                           const at::Tensor& keep_mask, int64_t keep_rows,
+                                                           int64_t ignore_index, bool align_corners,
+                                                           void* grad) {
+  kernels::SegCrossEntropyArgs a;
+  if (keep_mask.defined()) {
+    a.keep = keep_mask.data_ptr<uint8_t>();
+    a.keep_rows = keep_rows;
+  }
+  a.logits = logits.data_ptr();
+  a.dtype = dtype;
+  a.target = target.data_ptr();
+  a.label_type = label_type(target);
+  a.B = n.B; a.K = n.K; a.h = n.h; a.w = n.w; a.H = n.H; a.W = n.W;
+  a.ignore_index = ignore_index;
+  a.align_corners = align_corners;
+  a.grad = grad;
+  return a;
+}
+
+// The kernels' arguments for contiguous `logits` of sizes `n`, the uint8 keep mask [keep_rows, K]
+// and the gradient buffer `grad` (nullptr: loss only).
+inline kernels::DroppedClassProbArgs dropped_class_prob_args(kernels::DType dtype, const at::Tensor& logits,
+                                                             const LogitsSizes& n, const at::Tensor& keep_mask,
+                                                             int64_t keep_rows, void* grad) {
+  kernels::DroppedClassProbArgs a;
+  a.logits = logits.data_ptr();
+  a.dtype = dtype;
+  a.keep = keep_mask.data_ptr<uint8_t>();
+  a.keep_rows = keep_rows;
+  a.B = n.B; a.K = n.K; a.P = n.h * n.w;
+  a.grad = grad;
+  return a;
 }
 
 // drop_logits of a dropclass_loss call: [B, K, h', w'] with the B and K of logits, the same dtype.
@@ -91,6 +144,33 @@ inline ChannelMaskSizes channel_mask_sizes(const at::Tensor& features, const at:
                     ", features ", features.sizes(), ")");
   TORCH_CHECK_VALUE(K > 0, "weight must have at least one class, got ", weight.sizes());
   return {B, C, K, C > 0 ? weight.numel() / (K * C) : 1};
+}
+
+// The kernels' arguments for `features` in `format` (from channel_mask_layout), the [K, C, T]
+// contiguous `weight` and the uint8 keep mask [keep_rows, K].
+inline kernels::ChannelMaskArgs channel_mask_args(kernels::DType dtype, const at::Tensor& features,
+                                                  at::MemoryFormat format, const at::Tensor& weight,
+                                                  const at::Tensor& keep_mask, int64_t keep_rows) {
+  kernels::ChannelMaskArgs a;
+  a.dtype = dtype;
+  a.channels_last = format == at::MemoryFormat::ChannelsLast;
+  a.B = features.size(0);
+  a.C = features.size(1);
+  a.HW = features.size(2) * features.size(3);
+  a.weight = weight.data_ptr();
+  a.K = weight.size(0);
+  a.T = weight.size(2);
+  a.keep = keep_mask.data_ptr<uint8_t>();
+  a.keep_rows = keep_rows;
+  return a;
+}
+
+// grad_out of channel_mask_backward: the shape and dtype of `features`.
+inline void grad_out_like(const at::Tensor& grad_out, const at::Tensor& features) {
+  TORCH_CHECK_VALUE(grad_out.sizes() == features.sizes(), "grad_out must have the shape of ",
+                    "features ", features.sizes(), ", got ", grad_out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == features.scalar_type(), "grad_out must have dtype ",
+                   features.scalar_type(), " (the dtype of features), got ", grad_out.scalar_type());
 }
 
 // `features` in a layout the channel_mask kernels read: NCHW- or channels-last-contiguous as

@@ -191,21 +191,14 @@ MaskSetup setup_channel_mask(const at::Tensor& features, const at::Tensor& weigh
   check_cpu(features, "features");
   check_cpu(weight, "weight");
   MaskSetup s;
-  s.args.dtype = float_dtype(features, "features");
+  const kn::DType dt = float_dtype(features, "features");
   float_dtype(weight, "weight");
   const auto [B, C, K, T] = checks::channel_mask_sizes(features, weight);
   s.features = checks::channel_mask_layout(features, &s.format);
-  s.weight = weight.detach().to(opmath_dtype(s.args.dtype)).contiguous().view({K, C, T});
-  s.mask = keep_to_mask(keep, B, K, "features / weight", &s.args.keep_rows);
-
-  s.args.channels_last = s.format == at::MemoryFormat::ChannelsLast;
-  s.args.B = B;
-  s.args.C = C;
-  s.args.HW = features.size(2) * features.size(3);
-  s.args.weight = s.weight.data_ptr();
-  s.args.K = K;
-  s.args.T = T;
-  s.args.keep = s.mask.data_ptr<uint8_t>();
+  s.weight = weight.detach().to(opmath_dtype(dt)).contiguous().view({K, C, T});
+  int64_t keep_rows = 1;
+  s.mask = keep_to_mask(keep, B, K, "features / weight", &keep_rows);
+  s.args = checks::channel_mask_args(dt, s.features, s.format, s.weight, s.mask, keep_rows);
   return s;
 }
 
@@ -224,11 +217,7 @@ std::tuple<at::Tensor, at::Tensor> channel_mask_backward_cpu(const at::Tensor& g
                                                              const at::Tensor& keep) {
   MaskSetup s = setup_channel_mask(features, weight, keep);
   check_cpu(grad_out, "grad_out");
-  TORCH_CHECK_VALUE(grad_out.sizes() == features.sizes(), "grad_out must have the shape of ",
-                    "features ", features.sizes(), ", got ", grad_out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == features.scalar_type(), "grad_out must have dtype ",
-                   features.scalar_type(), " (the dtype of features), got ",
-                   grad_out.scalar_type());
+  checks::grad_out_like(grad_out, features);
   at::Tensor go = grad_out.contiguous(s.format);
   at::Tensor grad_features = at::empty(s.features.sizes(), s.features.options(), s.format);
   at::Tensor gw = at::empty({s.args.K, s.args.C, s.args.T}, s.weight.options());
@@ -254,30 +243,20 @@ std::tuple<at::Tensor, at::Tensor> seg_cross_entropy_cpu(const at::Tensor& logit
   check_cpu(logits_in, "logits");
   check_cpu(target_in, "target");
   const kn::DType dt = float_dtype(logits_in, "logits");
-  const kn::LabelType lt = checks::label_type(target_in);
-  const auto [B, K, h, w, H, W] = checks::seg_cross_entropy_sizes(logits_in, target_in);
+  checks::label_type(target_in);
+  const checks::SegCrossEntropySizes n = checks::seg_cross_entropy_sizes(logits_in, target_in);
 
-  kn::SegCrossEntropyArgs a;
   at::Tensor mask;
-  if (keep.has_value() && keep->defined()) {
-    mask = keep_to_mask(*keep, B, K, "logits", &a.keep_rows);
-    a.keep = mask.data_ptr<uint8_t>();
-  }
+  int64_t keep_rows = 1;
+  if (keep.has_value() && keep->defined()) mask = keep_to_mask(*keep, n.B, n.K, "logits", &keep_rows);
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor target = target_in.contiguous();
   const auto opts = logits.options().dtype(opmath_dtype(dt));
-  at::Tensor grad = compute_grad ? at::empty({B, K, h, w}, opts) : at::empty({0}, opts);
-
-  a.logits = logits.data_ptr();
-  a.dtype = dt;
-  a.target = target.data_ptr();
-  a.label_type = lt;
-  a.B = B; a.K = K; a.h = h; a.w = w; a.H = H; a.W = W;
-  a.ignore_index = ignore_index;
-  a.align_corners = align_corners;
-  a.grad = compute_grad ? grad.data_ptr() : nullptr;
+  at::Tensor grad = compute_grad ? at::empty({n.B, n.K, n.h, n.w}, opts) : at::empty({0}, opts);
+  const kn::SegCrossEntropyArgs a = checks::seg_cross_entropy_args(
+      dt, logits, target, n, mask, keep_rows, ignore_index, align_corners, compute_grad ? grad.data_ptr() : nullptr);
   const kn::SegCrossEntropyResult r = kn::seg_cross_entropy(a, parallel_for());
-  TORCH_CHECK_VALUE(!r.bad_label, "target contains label ", r.bad_value, " outside [0, ", K,
+  TORCH_CHECK_VALUE(!r.bad_label, "target contains label ", r.bad_value, " outside [0, ", n.K,
                     ") that is not ignore_index=", ignore_index);
   at::Tensor loss = at::scalar_tensor(r.loss, opts);
   return std::make_tuple(loss, grad);
@@ -291,22 +270,15 @@ std::tuple<at::Tensor, at::Tensor> dropped_class_prob_cpu(const at::Tensor& logi
                                                           bool compute_grad) {
   check_cpu(logits_in, "logits");
   const kn::DType dt = float_dtype(logits_in, "logits");
-  TORCH_CHECK_VALUE(logits_in.dim() == 4, "logits must have shape [B, K, h, w], got ",
-                    logits_in.sizes());
-  const int64_t B = logits_in.size(0), K = logits_in.size(1);
-  const int64_t h = logits_in.size(2), w = logits_in.size(3);
-  TORCH_CHECK_VALUE(K > 0, "logits must have at least one class, got ", logits_in.sizes());
+  const checks::LogitsSizes n = checks::logits_sizes(logits_in);
 
-  kn::DroppedClassProbArgs a;
-  const at::Tensor mask = keep_to_mask(keep, B, K, "logits", &a.keep_rows);
+  int64_t keep_rows = 1;
+  const at::Tensor mask = keep_to_mask(keep, n.B, n.K, "logits", &keep_rows);
   const at::Tensor logits = logits_in.contiguous();
   const auto opts = logits.options().dtype(opmath_dtype(dt));
-  at::Tensor grad = compute_grad ? at::empty({B, K, h, w}, opts) : at::empty({0}, opts);
-  a.logits = logits.data_ptr();
-  a.dtype = dt;
-  a.keep = mask.data_ptr<uint8_t>();
-  a.B = B; a.K = K; a.P = h * w;
-  a.grad = compute_grad ? grad.data_ptr() : nullptr;
+  at::Tensor grad = compute_grad ? at::empty({n.B, n.K, n.h, n.w}, opts) : at::empty({0}, opts);
+  const kn::DroppedClassProbArgs a =
+      checks::dropped_class_prob_args(dt, logits, n, mask, keep_rows, compute_grad ? grad.data_ptr() : nullptr);
   const double loss = kn::dropped_class_prob(a, parallel_for());
   return std::make_tuple(at::scalar_tensor(loss, opts), grad);
 }

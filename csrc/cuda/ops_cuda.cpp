@@ -136,7 +136,7 @@ MaskSetup setup_channel_mask(const at::Tensor& features, const at::Tensor& weigh
   check_on_device(features, "features", device);
   check_on_device(weight, "weight", device);
   MaskSetup s;
-  s.args.dtype = cuda_float_dtype(features, "features");
+  const kn::DType dt = cuda_float_dtype(features, "features");
   TORCH_CHECK_TYPE(weight.is_floating_point(),
                    "weight must be a floating-point tensor (float32, float64, float16 or bfloat16), "
                    "got ", weight.scalar_type());
@@ -145,16 +145,9 @@ MaskSetup setup_channel_mask(const at::Tensor& features, const at::Tensor& weigh
   s.stream = current_stream(device);
   s.status = make_status(device, s.stream);
   s.weight = weight.detach().to(at::kFloat).contiguous().view({K, C, T});
-  s.mask = keep_to_mask(keep, B, K, "features / weight", device, &s.status, s.stream,
-                        &s.args.keep_rows);
-  s.args.channels_last = s.format == at::MemoryFormat::ChannelsLast;
-  s.args.B = B;
-  s.args.C = C;
-  s.args.HW = features.size(2) * features.size(3);
-  s.args.weight = s.weight.data_ptr();
-  s.args.K = K;
-  s.args.T = T;
-  s.args.keep = s.mask.data_ptr<uint8_t>();
+  int64_t keep_rows = 1;
+  s.mask = keep_to_mask(keep, B, K, "features / weight", device, &s.status, s.stream, &keep_rows);
+  s.args = checks::channel_mask_args(dt, s.features, s.format, s.weight, s.mask, keep_rows);
   return s;
 }
 
@@ -177,11 +170,7 @@ std::tuple<at::Tensor, at::Tensor> channel_mask_backward_cuda(const at::Tensor& 
   const c10::cuda::CUDAGuard guard(features.device());
   MaskSetup s = setup_channel_mask(features, weight, keep);
   check_on_device(grad_out, "grad_out", features.device());
-  TORCH_CHECK_VALUE(grad_out.sizes() == features.sizes(), "grad_out must have the shape of ",
-                    "features ", features.sizes(), ", got ", grad_out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == features.scalar_type(), "grad_out must have dtype ",
-                   features.scalar_type(), " (the dtype of features), got ",
-                   grad_out.scalar_type());
+  checks::grad_out_like(grad_out, features);
   const at::Tensor go = grad_out.contiguous(s.format);
   at::Tensor grad_features = at::empty(s.features.sizes(), s.features.options(), s.format);
   at::Tensor gw = at::empty({s.args.K, s.args.C, s.args.T}, s.weight.options());
@@ -223,19 +212,9 @@ CrossEntropyOutputs queue_seg_cross_entropy(const at::Tensor& logits_in, const c
   out.loss = at::empty({}, opts);
   out.grad = at::empty(grad_shape, opts);
 
-  kn::SegCrossEntropyArgs a;
-  if (keep_mask.defined()) {
-    a.keep = keep_mask.data_ptr<uint8_t>();
-    a.keep_rows = keep_rows;
-  }
-  a.logits = logits.data_ptr();
-  a.dtype = dt;
-  a.target = target.data_ptr();
-  a.label_type = checks::label_type(target);
-  a.B = n.B; a.K = n.K; a.h = n.h; a.w = n.w; a.H = n.H; a.W = n.W;
-  a.ignore_index = ignore_index;
-  a.align_corners = align_corners;
-  a.grad = compute_grad ? out.grad.data_ptr() : nullptr;
+  const kn::SegCrossEntropyArgs a =
+      checks::seg_cross_entropy_args(dt, logits, target, n, keep_mask, keep_rows, ignore_index, align_corners,
+                                     compute_grad ? out.grad.data_ptr() : nullptr);
   at::Tensor ws = workspace(kc::seg_cross_entropy_workspace_bytes(a), device);
   cudaError_t err;
   if (sup) {
@@ -318,28 +297,21 @@ std::tuple<at::Tensor, at::Tensor> dropped_class_prob_cuda(const at::Tensor& log
   const c10::cuda::CUDAGuard guard(device);
   check_on_device(logits_in, "logits", device);
   const kn::DType dt = cuda_float_dtype(logits_in, "logits");
-  TORCH_CHECK_VALUE(logits_in.dim() == 4, "logits must have shape [B, K, h, w], got ",
-                    logits_in.sizes());
-  const int64_t B = logits_in.size(0), K = logits_in.size(1);
-  const int64_t h = logits_in.size(2), w = logits_in.size(3);
-  TORCH_CHECK_VALUE(K > 0, "logits must have at least one class, got ", logits_in.sizes());
+  const checks::LogitsSizes n = checks::logits_sizes(logits_in);
 
   const cudaStream_t stream = current_stream(device);
   Status status = make_status(device, stream);
-  kn::DroppedClassProbArgs a;
-  const at::Tensor mask = keep_to_mask(keep, B, K, "logits", device, &status, stream, &a.keep_rows);
+  int64_t keep_rows = 1;
+  const at::Tensor mask = keep_to_mask(keep, n.B, n.K, "logits", device, &status, stream, &keep_rows);
   const at::Tensor logits = logits_in.contiguous();
   const auto opts = logits.options().dtype(at::kFloat);
-  at::Tensor grad = compute_grad ? at::empty({B, K, h, w}, opts) : at::empty({0}, opts);
+  at::Tensor grad = compute_grad ? at::empty({n.B, n.K, n.h, n.w}, opts) : at::empty({0}, opts);
   at::Tensor loss = at::empty({}, opts);
-  a.logits = logits.data_ptr();
-  a.dtype = dt;
-  a.keep = mask.data_ptr<uint8_t>();
-  a.B = B; a.K = K; a.P = h * w;
-  a.grad = compute_grad ? grad.data_ptr() : nullptr;
+  const kn::DroppedClassProbArgs a =
+      checks::dropped_class_prob_args(dt, logits, n, mask, keep_rows, compute_grad ? grad.data_ptr() : nullptr);
   at::Tensor ws = workspace(kc::dropped_class_prob_workspace_bytes(a), device);
   C10_CUDA_CHECK(kc::dropped_class_prob_cuda(a, loss.data_ptr<float>(), ws.data_ptr(), stream));
-  raise_status(status, nullptr, K, 0);
+  raise_status(status, nullptr, n.K, 0);
   return std::make_tuple(loss, grad);
 }
 
