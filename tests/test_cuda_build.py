@@ -11,9 +11,11 @@ Emulation (``csrc/tests/cuda_emulation.h``): each ``.cu`` file is rewritten
 (kernel launches into calls, dynamic shared memory into a buffer), compiled by
 the host C++ compiler with stand-in CUDA headers, and
 ``csrc/tests/test_cuda_emulated.cpp`` compares every kernel with the CPU
-kernels (values, gradients, error reporting). It checks the kernels' logic
-(tiling, ownership, halo, reductions), not GPU timing or memory-model effects;
-those are the GPU tests' job (tests/test_cuda_ops.py).
+kernels (values, gradients, error reporting), once under AddressSanitizer and
+UBSan and once under ThreadSanitizer. It checks the kernels' logic (tiling,
+ownership, halo, reductions), out-of-bounds accesses and missing block
+barriers, not GPU timing or memory-model effects; those are the GPU tests' job
+(tests/test_cuda_ops.py).
 """
 
 from __future__ import annotations
@@ -158,21 +160,75 @@ def _host_compiler() -> str | None:
     return shutil.which(compiler)
 
 
-def test_cuda_kernels_match_cpu_kernels_under_emulation(tmp_path):
+# The host sanitizers stand in for compute-sanitizer's tools on the emulated
+# kernels: AddressSanitizer and UBSan for memcheck (reads and writes outside
+# the buffers, undefined arithmetic), ThreadSanitizer for racecheck (shared
+# memory or global memory touched by two threads of a block with no
+# __syncthreads between them, since the emulation runs each thread of a block
+# on its own std::thread). Racecheck runs the float32 cases ("quick"): the
+# races do not depend on the dtype, and ThreadSanitizer is slow.
+SANITIZERS = {
+    "memcheck": (["-fsanitize=address,undefined", "-fno-sanitize-recover=all"], []),
+    "racecheck": (["-fsanitize=thread"], ["quick"]),
+}
+SANITIZER_ENV = {"TSAN_OPTIONS": "halt_on_error=1", "ASAN_OPTIONS": "detect_leaks=0"}
+
+
+def _sanitizer_runs(compiler: str, flags: list[str], tmp_path: Path) -> str | None:
+    """None when ``compiler`` builds and runs a threaded program with ``flags``, else why not."""
+    probe = tmp_path / "probe.cpp"
+    probe.write_text("#include <thread>\nint main() { std::thread t([] {}); t.join(); }\n")
+    binary = tmp_path / "probe"
+    command = [compiler, "-pthread", *flags, str(probe), "-o", str(binary)]
+    built = subprocess.run(command, capture_output=True, text=True)
+    if built.returncode != 0:
+        return f"{compiler} cannot build with {' '.join(flags)}: {built.stderr.strip()[-300:]}"
+    ran = subprocess.run([str(binary)], capture_output=True, text=True, env={**os.environ, **SANITIZER_ENV})
+    if ran.returncode != 0:
+        return f"a program built with {' '.join(flags)} does not run here: {ran.stderr.strip()[-300:]}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cpu_kernel_objects(tmp_path_factory) -> list[Path]:
+    """The CPU kernels the emulated CUDA kernels are compared with, compiled once and without a sanitizer (they
+    are the reference here, and instrumenting their many instantiations would take minutes)."""
     compiler = _host_compiler()
     if compiler is None:
         pytest.skip("no host C++ compiler (CXX or g++) to build the emulated kernels")
+    out_dir = tmp_path_factory.mktemp("cpu_kernels")
+    sources = sorted((CSRC / "kernels").glob("*.cpp"))
+
+    def build(source: Path) -> subprocess.CompletedProcess:
+        command = [compiler, "-std=c++20", "-O1", "-w", "-c", str(source), "-o", str(out_dir / f"{source.stem}.o")]
+        return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        for source, result in zip(sources, pool.map(build, sources)):
+            assert result.returncode == 0, f"{source.name}: {result.stderr[-4000:]}"
+    return [out_dir / f"{source.stem}.o" for source in sources]
+
+
+@pytest.mark.parametrize("tool", sorted(SANITIZERS))
+def test_cuda_kernels_match_cpu_kernels_under_emulation(tmp_path, cpu_kernel_objects, tool):
+    """Every CUDA kernel, emulated on the host, against the CPU kernels, with the sanitizer ``tool`` watching."""
+    compiler = _host_compiler()
+    sanitizer_flags, arguments = SANITIZERS[tool]
+    unavailable = _sanitizer_runs(compiler, sanitizer_flags, tmp_path)
+    if unavailable is not None:
+        pytest.skip(unavailable)
     stand_ins = tmp_path / "include"
     stand_ins.mkdir()
     for header in STAND_IN_HEADERS:
         (stand_ins / header).write_text('#pragma once\n#include "cuda_emulation.h"\n')
-    flags = ["-std=c++20", "-O1", "-pthread", "-w", f"-I{stand_ins}", f"-I{CPP_TESTS}", f"-I{CSRC / 'kernels'}"]
+    flags = ["-std=c++20", "-O1", "-g", "-pthread", "-w", *sanitizer_flags]
+    flags += [f"-I{stand_ins}", f"-I{CPP_TESTS}", f"-I{CSRC / 'kernels'}"]
     units = []
     for source in KERNELS:
         unit = tmp_path / f"{source.stem}_emulated.cpp"
         unit.write_text(emulated_source(source.read_text())[0])
         units.append(unit)
-    units += [*sorted((CSRC / "kernels").glob("*.cpp")), CPP_TESTS / "test_cuda_emulated.cpp"]
+    units.append(CPP_TESTS / "test_cuda_emulated.cpp")
 
     def build(unit: Path) -> subprocess.CompletedProcess:
         command = [compiler, *flags, "-c", str(unit), "-o", str(tmp_path / f"{unit.stem}.o")]
@@ -182,8 +238,10 @@ def test_cuda_kernels_match_cpu_kernels_under_emulation(tmp_path):
         for unit, result in zip(units, pool.map(build, units)):
             assert result.returncode == 0, f"{unit.name}: {result.stderr[-4000:]}"
     binary = tmp_path / "test_cuda_emulated"
-    objects = [str(tmp_path / f"{unit.stem}.o") for unit in units]
-    subprocess.run([compiler, "-pthread", *objects, "-o", str(binary)], check=True, capture_output=True, timeout=600)
-    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert result.stdout.strip().endswith("0 failed"), result.stdout[-2000:]
+    objects = [str(tmp_path / f"{unit.stem}.o") for unit in units] + [str(o) for o in cpu_kernel_objects]
+    link = [compiler, "-pthread", *sanitizer_flags, *objects, "-o", str(binary)]
+    subprocess.run(link, check=True, capture_output=True, timeout=600)
+    env = {**os.environ, **SANITIZER_ENV}
+    result = subprocess.run([str(binary), *arguments], capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert result.stdout.strip().endswith(" passed, 0 failed"), result.stdout[-2000:]
