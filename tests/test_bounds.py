@@ -32,7 +32,13 @@ def _unavailable(name: str) -> str | None:
     return _backend._cuda_unavailable(DEVICE)
 
 
-@pytest.fixture(params=["cpp", "triton", "cuda"])
+@pytest.fixture(
+    params=[
+        "cpp",
+        pytest.param("triton", marks=[pytest.mark.gpu] if DEVICE == "cuda" else []),
+        pytest.param("cuda", marks=pytest.mark.gpu),
+    ]
+)
 def backend(request, cpp_backend):
     reason = _unavailable(request.param)
     if reason is not None:
