@@ -320,49 +320,73 @@ def test_float64_runs_on_the_reference():
     torch.testing.assert_close(got, reference.seg_cross_entropy(logits, target))
 
 
-COMPILE_FOR_SM90 = r"""
+COMPILE_FOR_GPU = r"""
 import os
+import sys
 os.environ.pop("TRITON_INTERPRET", None)
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from dropclass_fast.triton import _common, channel_mask, dropped_class_prob, seg_cross_entropy
 
+ARCH = int(sys.argv[1])
+INT32_TABLES = ("row_i0_ptr", "row_i1_ptr", "col_i0_ptr", "col_i1_ptr", "bands_ptr", "tiles_ptr")
 POINTERS = {"target_ptr": "*i64", "bad_ptr": "*i64", "count_part_ptr": "*i32", "logits_ptr": "*bf16",
             "in_ptr": "*fp16", "out_ptr": "*fp16", "grad_features_ptr": "*bf16"}
-INT32_TABLES = ("row_i0_ptr", "row_i1_ptr", "col_i0_ptr", "col_i1_ptr", "bands_ptr", "tiles_ptr")
-KERNELS = [
-    (_common._scale_kernel, {"HAS_Y": True, "BLOCK": 1024}),
-    (seg_cross_entropy._seg_cross_entropy_kernel, {"HAS_KEEP": True, "COMPUTE_GRAD": True, "SUP": True,
-     "BLOCK_K": 32, "TX": 64, "SX": 32, "PRECISION": "tf32x3"}),
-    (dropped_class_prob._dropped_class_prob_kernel, {"COMPUTE_GRAD": True, "BLOCK_K": 32, "BLOCK_P": 128}),
-    (channel_mask._importance_kernel, {"BLOCK_K": 32, "BLOCK_C": 32}),
-    (channel_mask._scale_kernel, {"BLOCK_C": 32, "BLOCK_P": 128}),
-    (channel_mask._backward_kernel, {"BLOCK_C": 32, "BLOCK_P": 256}),
-    (channel_mask._weight_grad_kernel, {"BLOCK_K": 32, "BLOCK_C": 32}),
+SEG_CE = {"BLOCK_K": 32, "TX": 64, "SX": 32, "PRECISION": "tf32x3"}
+# (kernel, constexprs, pointer types other than POINTERS'): every constexpr branch the ops launch (the cross-entropy
+# pass: with or without keep and gradient, L_sup only with keep), and each logits and label dtype once.
+VARIANTS = [
+    (_common._scale_kernel, {"HAS_Y": True, "BLOCK": 1024}, {}),
+    (_common._scale_kernel, {"HAS_Y": False, "BLOCK": 1024}, {"out_ptr": "*bf16"}),
+    *[(seg_cross_entropy._seg_cross_entropy_kernel,
+       {"HAS_KEEP": keep, "COMPUTE_GRAD": grad, "SUP": sup, **SEG_CE}, {})
+      for keep, grad, sup in [(False, False, False), (False, True, False), (True, False, False), (True, True, False),
+                              (True, False, True), (True, True, True)]],
+    (seg_cross_entropy._seg_cross_entropy_kernel, {"HAS_KEEP": True, "COMPUTE_GRAD": True, "SUP": True, **SEG_CE},
+     {"logits_ptr": "*fp32", "target_ptr": "*u8"}),
+    (seg_cross_entropy._seg_cross_entropy_kernel, {"HAS_KEEP": False, "COMPUTE_GRAD": True, "SUP": False, **SEG_CE},
+     {"logits_ptr": "*fp16", "target_ptr": "*i32"}),
+    (dropped_class_prob._dropped_class_prob_kernel, {"COMPUTE_GRAD": True, "BLOCK_K": 32, "BLOCK_P": 128}, {}),
+    (dropped_class_prob._dropped_class_prob_kernel, {"COMPUTE_GRAD": False, "BLOCK_K": 32, "BLOCK_P": 128},
+     {"logits_ptr": "*fp32"}),
+    (channel_mask._importance_kernel, {"BLOCK_K": 32, "BLOCK_C": 32}, {}),
+    (channel_mask._scale_kernel, {"BLOCK_C": 32, "BLOCK_P": 128}, {}),
+    (channel_mask._scale_kernel, {"BLOCK_C": 32, "BLOCK_P": 128}, {"in_ptr": "*fp32", "out_ptr": "*fp32"}),
+    (channel_mask._backward_kernel, {"BLOCK_C": 32, "BLOCK_P": 256}, {}),
+    (channel_mask._weight_grad_kernel, {"BLOCK_K": 32, "BLOCK_C": 32}, {}),
 ]
-for kernel, constexprs in KERNELS:
+for kernel, constexprs, pointers in VARIANTS:
     signature = {}
     for name in kernel.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = "*i32" if name in INT32_TABLES else POINTERS.get(name, "*fp32")
+            signature[name] = "*i32" if name in INT32_TABLES else {**POINTERS, **pointers}.get(name, "*fp32")
         else:
             signature[name] = "i64" if name in ("n", "ignore_index") else "i32"
     indices = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
     source = ASTSource(fn=kernel, signature=signature, constexprs=indices)
-    triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    print("compiled", kernel.__name__)
+    triton.compile(source, target=GPUTarget("cuda", ARCH, 32), options={"num_warps": 4})
+    print("compiled", kernel.__name__, constexprs, pointers, flush=True)
+print("variants", len(VARIANTS))
 """
 
 
-def test_kernels_compile_for_sm90():
-    """Every kernel goes through Triton's GPU pipeline and ptxas for an H100 (no GPU needed): the interpreter
-    accepts code the compiler rejects (types of loop-carried values, dot shapes)."""
+def test_kernels_compile_for_sm80_and_sm90():
+    """Every kernel, in every constexpr branch the ops launch, goes through Triton's GPU pipeline and ptxas for an
+    A100 and an H100 (no GPU needed): the interpreter accepts code the compiler rejects (types of loop-carried
+    values, dot shapes)."""
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.count("compiled") == 7
+    runs = [
+        subprocess.Popen([sys.executable, "-c", COMPILE_FOR_GPU, arch], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for arch in ("80", "90")
+    ]  # fmt: skip
+    for arch, run in zip(("sm_80", "sm_90"), runs):
+        stdout, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, f"{arch}: {stderr[-4000:]}"
+        variants = int(stdout.split("variants ")[-1])
+        assert variants >= 17 and stdout.count("compiled") == variants, f"{arch}: {stdout[-2000:]}"
