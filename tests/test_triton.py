@@ -283,6 +283,28 @@ def test_deterministic_mode_is_bit_identical():
         assert torch.equal(first, second)
 
 
+@pytest.mark.parametrize(
+    "num_classes, sizes, expected",
+    [
+        (19, (128, 256, 512, 1024), None),  # the paper's shapes: every candidate whose tile fits, default first
+        (150, (128, 256, 512, 1024), [(32, 8, 4)]),  # ADE20K: BLOCK_K=256 leaves only 32-column windows
+        (600, (16, 32, 64, 128), [(32, 8, 4)]),  # no tile fits: the narrowest window alone
+        (600, (4, 4, 16, 160), [(128, 8, 8)]),  # ... that holds a stencil (x40 upsampling)
+    ],
+)
+def test_cross_entropy_candidates_respect_the_register_tile(num_classes, sizes, expected):
+    """Measuring and deterministic mode (the first candidate) choose among launch configurations whose register
+    tile BLOCK_K * TX stays within MAX_TILE_ELEMENTS where any does: at K=150 the default (64, 8, 8) would spill
+    17 KB per thread on sm_90 against 4.7 KB for (32, 8, 4) (ptxas -v)."""
+    from dropclass_fast.triton import seg_cross_entropy as kernel
+
+    found = [config for config, _ in kernel._feasible((num_classes, *sizes), False)]
+    if expected is None:
+        assert found[0] == kernel.CANDIDATES[0]
+        expected = [c for c in kernel.CANDIDATES if kernel._block_k(num_classes) * c[0] <= kernel.MAX_TILE_ELEMENTS]
+    assert found == expected
+
+
 def test_tuning_leaves_out_candidates_the_gpu_cannot_launch(monkeypatch):
     """Measuring skips a candidate that raises OutOfResources (seen at compile time: TX=256 needs 320 KiB of shared
     memory at the Cityscapes shape on sm_90) and raises only when none launches."""
