@@ -81,11 +81,12 @@ def _keep_as_rows(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _check_keep_values(keep: torch.Tensor) -> None:
     rows = keep.unsqueeze(0) if keep.dim() == 1 else keep
     binary = (rows == 0) | (rows == 1)
-    if not bool(binary.all()):
+    empty = (rows != 0).sum(-1) == 0
+    all_binary, any_empty = torch.stack((binary.all(), empty.any())).tolist()  # one device-to-host copy
+    if not all_binary:
         bad = rows[~binary][0].item()
         raise ValueError(f"keep must contain only 0 and 1 values, got {bad}")
-    empty = (rows != 0).sum(-1) == 0
-    if bool(empty.any()):
+    if any_empty:
         row = int(torch.nonzero(empty)[0, 0])
         raise ValueError(f"keep drops every class (row {row} of keep has no 1): at least one class must be kept")
 
