@@ -88,7 +88,7 @@ def _check_keep_values(keep: torch.Tensor) -> None:
         raise ValueError(f"keep must contain only 0 and 1 values, got {bad}")
     if any_empty:
         row = int(torch.nonzero(empty)[0, 0])
-        raise ValueError(f"keep drops every class (row {row} of keep has no 1): at least one class must be kept")
+        raise ValueError(f"keep drops every class in row {row}; at least one class must be kept")
 
 
 def _check_label_values(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:

@@ -80,15 +80,21 @@ def test_wrong_keep_size(backend, shape):
         dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(5, 3), torch.ones(shape))
 
 
-@pytest.mark.parametrize("keep", [torch.zeros(5), torch.tensor([[1.0, 1, 1, 1, 1], [0, 0, 0, 0, 0]])])
-def test_keep_dropping_every_class(backend, keep):
+@pytest.mark.parametrize(
+    "keep, row", [(torch.zeros(5), 0), (torch.tensor([[1.0, 1, 1, 1, 1], [0, 0, 0, 0, 0]]), 1)], ids=["K", "BK"]
+)
+def test_keep_dropping_every_class(backend, keep, row):
+    """The same message, naming the row, from every backend and op."""
     logits, target = seg_inputs()
-    with pytest.raises(ValueError, match="keep drops every class"):
+    message = rf"^keep drops every class in row {row}; at least one class must be kept$"
+    with pytest.raises(ValueError, match=message):
         dcf.seg_cross_entropy(logits, target, keep)
-    with pytest.raises(ValueError, match="keep drops every class"):
+    with pytest.raises(ValueError, match=message):
         dcf.dropped_class_prob(logits, keep)
-    with pytest.raises(ValueError, match="keep drops every class"):
+    with pytest.raises(ValueError, match=message):
         dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(5, 3), keep)
+    with pytest.raises(ValueError, match=message):
+        dcf.class_importance(torch.randn(5, 3), keep)
 
 
 def test_keep_not_binary(backend):
