@@ -141,6 +141,12 @@ def register() -> None:
     _registered = True
 
 
+def wants_grad(*tensors: torch.Tensor) -> bool:
+    """Whether a fused loss op must write its gradient in the forward pass: grad mode is on and some input of
+    ``tensors`` requires grad (shared by the C++/CUDA and the Triton entry points)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def seg_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -148,16 +154,14 @@ def seg_cross_entropy(
     ignore_index: int,
     align_corners: bool,
 ) -> torch.Tensor:
-    compute_grad = logits.requires_grad and torch.is_grad_enabled()
     loss, _ = torch.ops.dropclass_fast.seg_cross_entropy(
-        logits, target, keep, ignore_index, align_corners, compute_grad
+        logits, target, keep, ignore_index, align_corners, wants_grad(logits)
     )
     return loss
 
 
 def dropped_class_prob(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    loss, _ = torch.ops.dropclass_fast.dropped_class_prob(logits, keep, compute_grad)
+    loss, _ = torch.ops.dropclass_fast.dropped_class_prob(logits, keep, wants_grad(logits))
     return loss
 
 
@@ -169,9 +173,8 @@ def dropclass_loss_terms(
     ignore_index: int,
     align_corners: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    compute_grad = torch.is_grad_enabled() and (logits.requires_grad or drop_logits.requires_grad)
     ce, ce_drop, sup, *_ = torch.ops.dropclass_fast.dropclass_loss(
-        logits, drop_logits, target, keep, ignore_index, align_corners, compute_grad
+        logits, drop_logits, target, keep, ignore_index, align_corners, wants_grad(logits, drop_logits)
     )
     return ce, ce_drop, sup
 

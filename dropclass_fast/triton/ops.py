@@ -268,10 +268,6 @@ _dropclass_loss.register_autograd(_dropclass_loss_grad, setup_context=_dropclass
 # --- entry points used by dropclass_fast.functional ------------------------------------------------------------
 
 
-def _wants_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def channel_mask(features: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor, deterministic: bool) -> torch.Tensor:
     """``features * s`` in the features' dtype; features ``[B, C, h, w]``, weight taps ``[K, C, T]`` (any float
     dtype; ``s`` is computed in float32), keep float32 ``[R, K]``."""
@@ -288,14 +284,14 @@ def seg_cross_entropy(
 ) -> torch.Tensor:
     """The fused cross-entropy (0-dim float32); keep float32 ``[R, K]`` or None."""
     loss, _, _ = _seg_cross_entropy(
-        dense(logits), target, keep, ignore_index, align_corners, _wants_grad(logits), deterministic
+        dense(logits), target, keep, ignore_index, align_corners, _ops.wants_grad(logits), deterministic
     )
     return loss
 
 
 def dropped_class_prob(logits: torch.Tensor, keep: torch.Tensor, deterministic: bool) -> torch.Tensor:
     """``L_sup`` (0-dim float32); keep float32 ``[R, K]``."""
-    loss, _, _ = _dropped_class_prob(dense(logits), keep, _wants_grad(logits), deterministic)
+    loss, _, _ = _dropped_class_prob(dense(logits), keep, _ops.wants_grad(logits), deterministic)
     return loss
 
 
@@ -311,6 +307,6 @@ def dropclass_loss_terms(
     """Unweighted ``(CE(logits, y), CE(drop_logits, y_drop), L_sup)``, each 0-dim float32; one pass per logits."""
     ce, ce_drop, sup, *_ = _dropclass_loss(
         dense(logits), dense(drop_logits), target, keep, ignore_index, align_corners,
-        _wants_grad(logits, drop_logits), deterministic,
+        _ops.wants_grad(logits, drop_logits), deterministic,
     )  # fmt: skip
     return ce, ce_drop, sup
