@@ -15,9 +15,7 @@ Run: ``pytest --benchmark-only benchmarks/bench_speedup.py``.
 
 from __future__ import annotations
 
-import resource
 import statistics
-import time
 from typing import Any
 
 import cases
@@ -40,28 +38,8 @@ def test_seg_cross_entropy_interleaved(benchmark: Any, dtype: str) -> None:
     base = {"kind": "interleaved", "op": "seg_cross_entropy", "mode": "fwd+bwd", "dtype": dtype, "device": "cpu"}
     base.update(shape=shape, threads=settings.THREADS, **cases.SHAPES[shape])
     runners = {impl: cases.build({**base, "impl": impl}) for impl in IMPLS}
-    for runner in runners.values():
-        runner.run()  # load the kernels, first-call costs
-    times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
-    faults: dict[str, list[int]] = {impl: [] for impl in IMPLS}
-    order = list(IMPLS)
-
-    def pair() -> None:
-        for impl in order:
-            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            start = time.perf_counter()
-            runners[impl].run()
-            times[impl].append(time.perf_counter() - start)
-            faults[impl].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
-        order.reverse()
-
     benchmark.group = f"seg_cross_entropy {dtype} interleaved cpp+eager"
-    if settings.SMOKE:
-        benchmark.pedantic(pair, rounds=1, iterations=1)
-    else:
-        benchmark.pedantic(pair, rounds=ROUNDS, warmup_rounds=2, iterations=1)
-        times = {impl: t[-ROUNDS:] for impl, t in times.items()}  # drop the warm-up rounds
-        faults = {impl: f[-ROUNDS:] for impl, f in faults.items()}
+    times, faults = cases.time_interleaved(benchmark, runners, ROUNDS, warmup_rounds=2)
     ratios = [eager / cpp for cpp, eager in zip(times["cpp"], times["eager"])]
     benchmark.extra_info.update(
         {

@@ -16,7 +16,6 @@ Run: ``pytest --benchmark-only benchmarks/bench_train_step.py``.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,24 +50,8 @@ def test_train_step_interleaved(benchmark: Any, device: str, shape: str, precisi
     if reason is not None:
         pytest.skip(reason)
     runners = {variant: cases.build({**base, "variant": variant}) for variant in INTERLEAVED_VARIANTS}
-    for runner in runners.values():
-        runner.run()  # first-call costs
-    times: dict[str, list[float]] = {variant: [] for variant in INTERLEAVED_VARIANTS}
-    order = list(INTERLEAVED_VARIANTS)
-
-    def one_round() -> None:
-        for variant in order:
-            start = time.perf_counter()
-            runners[variant].run()
-            times[variant].append(time.perf_counter() - start)
-        order.reverse()
-
     benchmark.group = f"train_step {device} {precision} {cases.shape_label(base)} interleaved"
-    if settings.SMOKE:
-        benchmark.pedantic(one_round, rounds=1, iterations=1)
-    else:
-        benchmark.pedantic(one_round, rounds=INTERLEAVED_ROUNDS, warmup_rounds=1, iterations=1)
-        times = {variant: t[-INTERLEAVED_ROUNDS:] for variant, t in times.items()}  # drop the warm-up round
+    times = cases.time_interleaved(benchmark, runners, INTERLEAVED_ROUNDS, warmup_rounds=1).seconds
     info = {**base, "shape_label": cases.shape_label(base), "rounds": len(times["baseline"])}
     for variant, variant_times in times.items():
         ratios = [t / b for t, b in zip(variant_times, times["baseline"])]

@@ -22,6 +22,8 @@ of the achieved bandwidth.
 
 from __future__ import annotations
 
+import resource
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -201,6 +203,42 @@ def unavailable(case: Case) -> str | None:
     if impl == "cpp" and not _extension.load():
         return f"C++ kernels unavailable: {_extension.error()}"
     return None
+
+
+class Interleaved(NamedTuple):
+    """Per runner name: seconds and minor page faults of each timed call, one call per round."""
+
+    seconds: dict[str, list[float]]
+    minor_faults: dict[str, list[int]]
+
+
+def time_interleaved(benchmark: Any, runners: dict[str, Runner], rounds: int, warmup_rounds: int) -> Interleaved:
+    """Times ``runners`` back to back in every round, reversing their order each round, under
+    ``benchmark.pedantic`` (whose time is that of one round). Each runner runs once first (first-call costs);
+    the warm-up rounds are dropped from the result. ``DROPCLASS_BENCH_SMOKE``: one round, no warm-up."""
+    for runner in runners.values():
+        runner.run()
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    faults: dict[str, list[int]] = {name: [] for name in runners}
+    order = list(runners)
+
+    def one_round() -> None:
+        for name in order:
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            start = time.perf_counter()
+            runners[name].run()
+            seconds[name].append(time.perf_counter() - start)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+        order.reverse()
+
+    if settings.SMOKE:
+        benchmark.pedantic(one_round, rounds=1, iterations=1)
+        return Interleaved(seconds, faults)
+    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    return Interleaved(
+        {name: values[-rounds:] for name, values in seconds.items()},
+        {name: values[-rounds:] for name, values in faults.items()},
+    )
 
 
 def build(case: Case) -> Runner:
