@@ -91,6 +91,26 @@ def _binding_command(source: Path) -> list[str]:
     ]
 
 
+def _run_parallel(commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess]:
+    """Runs ``commands`` (label -> argv) in a thread pool, started in their order: ``{label: result}``."""
+
+    def run(label: str) -> subprocess.CompletedProcess:
+        return subprocess.run(commands[label], capture_output=True, text=True, timeout=600)
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        return dict(zip(commands, pool.map(run, commands)))
+
+
+def _compile_objects(compiler: str, flags: list[str], sources: list[Path], out_dir: Path) -> list[Path]:
+    """Compiles each of ``sources`` to ``out_dir/<stem>.o`` in parallel, asserting that each compiles."""
+    objects = {str(source): out_dir / f"{source.stem}.o" for source in sources}
+    commands = {source: [compiler, *flags, "-c", source, "-o", str(obj)] for source, obj in objects.items()}
+    results = _run_parallel(commands)
+    for source, result in results.items():
+        assert result.returncode == 0, f"{Path(source).name}: {result.stderr[-4000:]}"
+    return list(objects.values())
+
+
 @pytest.fixture(scope="session")
 def compile_results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     """Every compilation of this module, run in parallel: ``{label: result}``."""
@@ -101,13 +121,7 @@ def compile_results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     commands.update({f"{src.name}:bindings": _binding_command(src) for src in BINDINGS})
     # The slowest (seg_cross_entropy) first, so the pool finishes together.
     order = sorted(commands, key=lambda label: "seg_cross_entropy" not in label)
-
-    def run(label: str) -> subprocess.CompletedProcess:
-        return subprocess.run(commands[label], capture_output=True, text=True, timeout=600)
-
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        results = dict(zip(order, pool.map(run, order)))
-    return results
+    return _run_parallel({label: commands[label] for label in order})
 
 
 def test_every_cuda_source_is_compiled():
@@ -196,17 +210,8 @@ def cpu_kernel_objects(tmp_path_factory) -> list[Path]:
     compiler = _host_compiler()
     if compiler is None:
         pytest.skip("no host C++ compiler (CXX or g++) to build the emulated kernels")
-    out_dir = tmp_path_factory.mktemp("cpu_kernels")
     sources = sorted((CSRC / "kernels").glob("*.cpp"))
-
-    def build(source: Path) -> subprocess.CompletedProcess:
-        command = [compiler, "-std=c++20", "-O1", "-w", "-c", str(source), "-o", str(out_dir / f"{source.stem}.o")]
-        return subprocess.run(command, capture_output=True, text=True, timeout=600)
-
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        for source, result in zip(sources, pool.map(build, sources)):
-            assert result.returncode == 0, f"{source.name}: {result.stderr[-4000:]}"
-    return [out_dir / f"{source.stem}.o" for source in sources]
+    return _compile_objects(compiler, ["-std=c++20", "-O1", "-w"], sources, tmp_path_factory.mktemp("cpu_kernels"))
 
 
 @pytest.mark.parametrize("tool", sorted(SANITIZERS))
@@ -229,17 +234,9 @@ def test_cuda_kernels_match_cpu_kernels_under_emulation(tmp_path, cpu_kernel_obj
         unit.write_text(emulated_source(source.read_text())[0])
         units.append(unit)
     units.append(CPP_TESTS / "test_cuda_emulated.cpp")
-
-    def build(unit: Path) -> subprocess.CompletedProcess:
-        command = [compiler, *flags, "-c", str(unit), "-o", str(tmp_path / f"{unit.stem}.o")]
-        return subprocess.run(command, capture_output=True, text=True, timeout=600)
-
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        for unit, result in zip(units, pool.map(build, units)):
-            assert result.returncode == 0, f"{unit.name}: {result.stderr[-4000:]}"
+    objects = _compile_objects(compiler, flags, units, tmp_path) + cpu_kernel_objects
     binary = tmp_path / "test_cuda_emulated"
-    objects = [str(tmp_path / f"{unit.stem}.o") for unit in units] + [str(o) for o in cpu_kernel_objects]
-    link = [compiler, "-pthread", *sanitizer_flags, *objects, "-o", str(binary)]
+    link = [compiler, "-pthread", *sanitizer_flags, *map(str, objects), "-o", str(binary)]
     subprocess.run(link, check=True, capture_output=True, timeout=600)
     env = {**os.environ, **SANITIZER_ENV}
     result = subprocess.run([str(binary), *arguments], capture_output=True, text=True, timeout=900, env=env)

@@ -17,7 +17,6 @@ the dropped classes) and its gradient, so ``dropclass_loss`` reads ``drop_logits
 from __future__ import annotations
 
 import functools
-import itertools
 
 import torch
 import triton
@@ -242,23 +241,18 @@ def _block_k(num_classes: int) -> int:
 
 def _feasible(shape: tuple[int, int, int, int, int], align_corners: bool) -> list[tuple[tuple[int, int, int], Plan]]:
     """Candidates (and their plans) whose register tile ``BLOCK_K * TX`` fits and whose windows hold every source
-    column's stencil, in ``CANDIDATES`` order. Where none qualifies (very many classes, or downsampling wider than
-    the fitting windows), the narrowest window that holds the stencils, alone."""
+    column's stencil, in ``CANDIDATES`` order. Where none qualifies (very many classes, or upsampling so strong
+    that one source column reaches past the fitting windows), the narrowest window that holds the stencils, alone."""
     num_classes, h, w, out_h, out_w = shape
 
-    def with_plans(configs):
-        for config in configs:
-            tile_cols, band_rows, _ = config
-            plan = make_plan(h, w, out_h, out_w, align_corners, band_rows, tile_cols)
-            if plan is not None:
-                yield config, plan
+    def with_plans(configs: list[tuple[int, int, int]]) -> list[tuple[tuple[int, int, int], Plan]]:
+        plans = [(config, make_plan(h, w, out_h, out_w, align_corners, config[1], config[0])) for config in configs]
+        return [(config, plan) for config, plan in plans if plan is not None]
 
     fits = [config for config in CANDIDATES if _block_k(num_classes) * config[0] <= MAX_TILE_ELEMENTS]
-    found = list(with_plans(fits))
-    if not found:
-        oversized = sorted((config for config in CANDIDATES if config not in fits), key=lambda config: config[0])
-        found = list(itertools.islice(with_plans(oversized), 1))
-    if not found:  # extreme downsampling: one source column's stencil is wider than every candidate window
+    oversized = sorted((config for config in CANDIDATES if config not in fits), key=lambda config: config[0])
+    found = with_plans(fits) or with_plans(oversized)[:1]
+    if not found:  # extreme upsampling: one source column's stencil is wider than every candidate window
         tile_cols = 512
         while (plan := make_plan(h, w, out_h, out_w, align_corners, 8, tile_cols)) is None:
             tile_cols *= 2
