@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from results import Results, Row
 
 MET, NOT_MET, REPORTED, NOT_MEASURED = "met", "not met", "reported", "not measured"
-GPU_KERNEL_BACKENDS = ("triton", "cuda")
 STEP_VARIANTS = ("baseline", "official", "dropclass_fast")
 
 

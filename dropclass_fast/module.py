@@ -50,7 +50,7 @@ class DropClass(nn.Module):
     Evaluation: ``forward(A)`` returns ``h(A_drop)`` with every class kept.
 
     Args:
-        classifier: the final classifier, an ``nn.Conv2d(C, K, k)`` (1x1 in
+        classifier: the final classifier, an ``nn.Conv2d(C, K, k)`` with K >= 2 (1x1 in
             the paper; a ``k x k`` kernel uses the sum of its taps).
         per_sample: draw one mask per sample (``[B, K]``) instead of one per
             step (``[K]``, the paper).
@@ -71,6 +71,11 @@ class DropClass(nn.Module):
             raise TypeError(f"classifier must be an nn.Conv2d, got {type(classifier).__name__}")
         if classifier.groups != 1:
             raise ValueError(f"classifier must have groups=1, got groups={classifier.groups}")
+        if classifier.out_channels < 2:
+            raise ValueError(
+                f"classifier must have at least 2 output classes (dropping the only class leaves none), "
+                f"got out_channels={classifier.out_channels}"
+            )
         channels = classifier.in_channels
         self.classifier = classifier
         self.select = nn.Sequential(

@@ -152,6 +152,8 @@ def test_fused_loss_op_argument_errors(cpp_backend):
 def test_module_errors():
     with pytest.raises(TypeError, match="classifier must be an nn.Conv2d, got Linear"):
         DropClass(nn.Linear(3, 4))
+    with pytest.raises(ValueError, match="classifier must have at least 2 output classes .* got out_channels=1"):
+        DropClass(nn.Conv2d(8, 1, 1))
     dc = DropClass(nn.Conv2d(8, 5, 1)).train()
     with pytest.raises(ValueError, match="progress is required in training mode"):
         dc(torch.randn(2, 8, 4, 4))
