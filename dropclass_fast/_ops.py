@@ -32,6 +32,7 @@ def _refuse_double_backward(op: str) -> None:
 
 def _save_grad(ctx, inputs, output) -> None:
     ctx.save_for_backward(output[1])
+    ctx.compute_grad = inputs[-1]
     ctx.logits_dtype = inputs[0].dtype
     # The gradients of the gradient outputs are never used: no tensors of zeros for them.
     ctx.set_materialize_grads(False)
@@ -40,7 +41,7 @@ def _save_grad(ctx, inputs, output) -> None:
 def _saved_grads(ctx, op: str) -> tuple[torch.Tensor, ...]:
     _refuse_double_backward(op)
     grads = ctx.saved_tensors
-    if grads[0].numel() == 0:
+    if not ctx.compute_grad:
         raise RuntimeError(f"dropclass_fast.{op} was called with compute_grad=False; no gradient was kept")
     return grads
 
@@ -62,6 +63,7 @@ def _dropped_class_prob_backward(ctx, grad_loss, _grad_of_grad):
 
 def _dropclass_loss_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*output[3:])
+    ctx.compute_grad = inputs[-1]
     ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
     ctx.set_materialize_grads(False)
 

@@ -15,6 +15,9 @@ The Triton backend runs float64 inputs on the eager reference.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from . import _backend, _ops, reference
@@ -26,6 +29,9 @@ __all__ = [
     "dropped_class_prob",
     "dropclass_loss",
 ]
+
+
+_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def _require_tensor(name: str, value: object) -> torch.Tensor:
@@ -43,6 +49,15 @@ def _require_floating(name: str, value: object, dims: tuple[int, ...], layout: s
     return tensor
 
 
+def _check_logits(name: str, value: object) -> torch.Tensor:
+    """``value`` as ``[B, K, h, w]`` floating logits with ``h, w >= 1`` (there is nothing to upsample or
+    average over an empty plane)."""
+    logits = _require_floating(name, value, (4,), "[B, K, h, w]")
+    if 0 in logits.shape[2:]:
+        raise ValueError(f"{name} must have h, w >= 1, got shape {tuple(logits.shape)}")
+    return logits
+
+
 def _require_same_device(name: str, tensor: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
     if tensor.device != other.device:
         raise ValueError(f"{name} is on {tensor.device} but {other_name} is on {other.device}")
@@ -50,11 +65,14 @@ def _require_same_device(name: str, tensor: torch.Tensor, other_name: str, other
 
 def _check_target(target: object, logits: torch.Tensor) -> torch.Tensor:
     target = _require_tensor("target", target)
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(f"target must be an integer tensor, got dtype {target.dtype}")
-    if target.dim() != 3 or target.shape[0] != logits.shape[0]:
+    if target.dtype not in _LABEL_DTYPES:
+        raise TypeError(
+            f"target must be an integer tensor (uint8, int8, int16, int32 or int64), got dtype {target.dtype}"
+        )
+    if target.dim() != 3 or target.shape[0] != logits.shape[0] or 0 in target.shape[1:]:
         raise ValueError(
-            f"target must be [B, H, W] with B={logits.shape[0]} as in logits, got shape {tuple(target.shape)}"
+            f"target must be [B, H, W] with B={logits.shape[0]} as in logits and H, W >= 1, "
+            f"got shape {tuple(target.shape)}"
         )
     _require_same_device("target", target, "logits", logits)
     return target
@@ -92,6 +110,7 @@ def _check_keep_values(keep: torch.Tensor) -> None:
 
 
 def _check_label_values(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    target = target.long()  # an ignore_index outside the label dtype's range must not wrap around
     bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
     if bool(bad.any()):
         value = target[bad][0].item()
@@ -101,7 +120,8 @@ def _check_label_values(target: torch.Tensor, num_classes: int, ignore_index: in
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number (Python or NumPy scalar), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_progress(progress: object) -> float:
@@ -112,10 +132,24 @@ def check_progress(progress: object) -> float:
 
 
 def check_alpha(alpha: object) -> float:
-    """``alpha`` as a float; ValueError unless it is a non-negative number."""
-    if not _is_number(alpha) or alpha < 0:
-        raise ValueError(f"alpha must be a non-negative number, got {alpha!r}")
+    """``alpha`` as a float; ValueError unless it is a finite non-negative number."""
+    if not _is_number(alpha) or not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be a finite non-negative number, got {alpha!r}")
     return float(alpha)
+
+
+def check_ignore_index(ignore_index: object) -> int:
+    """``ignore_index`` as an int; TypeError unless it is an integer (not a bool or a float)."""
+    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    return int(ignore_index)
+
+
+def check_align_corners(align_corners: object) -> bool:
+    """``align_corners`` itself; TypeError unless it is a bool."""
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"align_corners must be a bool, got {align_corners!r}")
+    return align_corners
 
 
 def _implementation(op: str, tensor: torch.Tensor) -> str:
@@ -189,7 +223,7 @@ def channel_mask(features: torch.Tensor, weight: torch.Tensor, keep: torch.Tenso
         if _checking_values():
             _check_keep_values(keep)
         return reference.channel_mask(features, weight, keep)
-    taps = weight.reshape(weight.shape[0], weight.shape[1], -1)
+    taps = weight.unsqueeze(2) if weight.dim() == 2 else weight.flatten(2)
     rows = _keep_as_rows(keep, features.dtype)
     if implementation == "triton":
         return _triton().channel_mask(features, taps, rows, _backend.deterministic())
@@ -216,8 +250,10 @@ def seg_cross_entropy(
         0-dim float32 (float64 for float64 logits): the mean over valid pixels,
         0 when no pixel is valid.
     """
-    logits = _require_floating("logits", logits, (4,), "[B, K, h, w]")
+    logits = _check_logits("logits", logits)
     target = _check_target(target, logits)
+    ignore_index = check_ignore_index(ignore_index)
+    align_corners = check_align_corners(align_corners)
     num_classes = logits.shape[1]
     if keep is not None:
         keep = _check_keep(keep, logits.shape[0], num_classes, logits, "logits")
@@ -231,9 +267,9 @@ def seg_cross_entropy(
     rows = None if keep is None else _keep_as_rows(keep, logits.dtype)
     if implementation == "triton":
         return _triton().seg_cross_entropy(
-            logits, target, rows, int(ignore_index), bool(align_corners), _backend.deterministic()
+            logits, target, rows, ignore_index, align_corners, _backend.deterministic()
         )
-    return _ops.seg_cross_entropy(logits, target, rows, int(ignore_index), bool(align_corners))
+    return _ops.seg_cross_entropy(logits, target, rows, ignore_index, align_corners)
 
 
 def dropped_class_prob(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -246,7 +282,7 @@ def dropped_class_prob(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor
     Returns:
         0-dim float32 (float64 for float64 logits); 0 when nothing is dropped.
     """
-    logits = _require_floating("logits", logits, (4,), "[B, K, h, w]")
+    logits = _check_logits("logits", logits)
     keep = _check_keep(keep, logits.shape[0], logits.shape[1], logits, "logits")
     implementation = _implementation("dropped_class_prob", logits)
     if implementation == "eager":
@@ -281,7 +317,8 @@ def dropclass_loss(
 
     Returns:
         ``(total, parts)`` with ``parts = {"ce", "ce_drop", "sup"}`` the weighted
-        terms, which add up to ``total`` (0-dim float32 tensors).
+        terms, which add up to ``total``: 0-dim float32 tensors (a term of float64
+        logits is float64, and so is ``total`` then).
 
     With the Triton and CUDA backends the three terms come from one fused op:
     one pass over ``logits`` and one over ``drop_logits`` that yields both its
@@ -290,8 +327,10 @@ def dropclass_loss(
     """
     check_progress(progress)
     check_alpha(alpha)
-    logits = _require_floating("logits", logits, (4,), "[B, K, h, w]")
-    drop_logits = _require_floating("drop_logits", drop_logits, (4,), "[B, K, h, w]")
+    ignore_index = check_ignore_index(ignore_index)
+    align_corners = check_align_corners(align_corners)
+    logits = _check_logits("logits", logits)
+    drop_logits = _check_logits("drop_logits", drop_logits)
     if drop_logits.shape[:2] != logits.shape[:2]:
         raise ValueError(
             f"drop_logits must have the batch and class sizes of logits {tuple(logits.shape)}, "
@@ -305,10 +344,10 @@ def dropclass_loss(
         rows = _keep_as_rows(keep, logits.dtype)
         if implementation == "triton":
             terms = _triton().dropclass_loss_terms(
-                logits, drop_logits, target, rows, int(ignore_index), bool(align_corners), _backend.deterministic()
+                logits, drop_logits, target, rows, ignore_index, align_corners, _backend.deterministic()
             )
         else:
-            terms = _ops.dropclass_loss_terms(logits, drop_logits, target, rows, int(ignore_index), bool(align_corners))
+            terms = _ops.dropclass_loss_terms(logits, drop_logits, target, rows, ignore_index, align_corners)
         return reference.combine_loss_terms(*terms, progress, alpha)
     return reference.combine_loss_terms(
         seg_cross_entropy(logits, target, None, ignore_index, align_corners),

@@ -26,8 +26,8 @@ class DropClassLoss(nn.Module):
     def __init__(self, alpha: float = 10.0, ignore_index: int = 255, align_corners: bool = False) -> None:
         super().__init__()
         self.alpha = dcf.check_alpha(alpha)
-        self.ignore_index = int(ignore_index)
-        self.align_corners = bool(align_corners)
+        self.ignore_index = dcf.check_ignore_index(ignore_index)
+        self.align_corners = dcf.check_align_corners(align_corners)
 
     def forward(
         self, out: DropClassOutput, target: torch.Tensor, progress: float

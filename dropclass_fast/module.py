@@ -32,7 +32,8 @@ class DropClassOutput(NamedTuple):
     """What :class:`DropClass` returns in training mode.
 
     ``logits`` = ``h(A)`` and ``drop_logits`` = ``h(A_drop)``, both
-    ``[B, K, h, w]``; ``keep`` the float32 mask used, ``[K]`` or ``[B, K]``.
+    ``[B, K, h, w]``; ``keep`` the mask used, ``[K]`` or ``[B, K]`` (float32
+    when drawn; a mask passed to ``forward`` is returned as given).
     """
 
     logits: torch.Tensor
@@ -60,7 +61,8 @@ class DropClass(nn.Module):
         bn_momentum: momentum of the ``select`` BatchNorm (official: 0.01).
 
     ``select`` is ``nn.Sequential(Conv2d(C, C, 1), BatchNorm2d(C), ReLU)``.
-    ``step`` counts training forwards; it is saved in ``state_dict``.
+    ``step`` counts training forwards; ``state_dict`` saves it with ``seed``,
+    and ``load_state_dict`` restores both.
     """
 
     def __init__(
@@ -120,10 +122,32 @@ class DropClass(nn.Module):
             rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
             indices = range(rank * batch_size, (rank + 1) * batch_size)
         else:
+            if not isinstance(sample_index, torch.Tensor) or sample_index.is_floating_point():
+                raise TypeError(f"sample_index must be an integer tensor, got {sample_index!r}")
             if sample_index.shape != (batch_size,):
                 raise ValueError(f"sample_index must have shape [B]=[{batch_size}], got {tuple(sample_index.shape)}")
             indices = sample_index.tolist()
-        return torch.stack([self._draw(progress, (self.seed, step, int(i))) for i in indices]).to(device)
+        rows = [self._draw(progress, (self.seed, step, int(i))) for i in indices]
+        return (torch.stack(rows) if rows else torch.ones(0, self.num_classes)).to(device)
+
+    @torch.compiler.disable
+    def _advance(
+        self,
+        features: torch.Tensor,
+        progress: float | None,
+        keep: torch.Tensor | None,
+        sample_index: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The keep mask of this training step (``keep``, or one drawn for ``progress``); counts the step.
+
+        Run eagerly under ``torch.compile``: traced, every value of ``step`` would be a new graph.
+        """
+        if keep is None:
+            if progress is None:
+                raise ValueError("progress is required in training mode when keep is not given")
+            keep = self.sample_keep(progress, features.shape[0], features.device, sample_index=sample_index)
+        self.step += 1
+        return keep
 
     def _draw(self, progress: float, key: tuple[int, ...]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(mix_seed(*key))
@@ -175,11 +199,7 @@ class DropClass(nn.Module):
             if keep is None:
                 keep = torch.ones(self.num_classes, device=features.device)
             return self.classifier(self.drop_path(features, keep))
-        if keep is None:
-            if progress is None:
-                raise ValueError("progress is required in training mode when keep is not given")
-            keep = self.sample_keep(progress, features.shape[0], features.device, sample_index=sample_index)
-        self.step += 1
+        keep = self._advance(features, progress, keep, sample_index)
         logits = self.classifier(features)
         drop_logits = self.classifier(self.drop_path(features, keep))
         return DropClassOutput(logits, drop_logits, keep)

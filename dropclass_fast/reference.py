@@ -63,13 +63,14 @@ def _upsample(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) 
 def _drop_targets(target: torch.Tensor, keep: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """``target`` with every pixel of a dropped class set to ``ignore_index``."""
     k = keep.to(torch.bool)
-    valid = target != ignore_index
-    safe = torch.where(valid, target, torch.zeros_like(target)).long()
+    y = target.long()  # compared as int64: an ignore_index outside the label dtype's range must not wrap around
+    valid = y != ignore_index
+    safe = torch.where(valid, y, torch.zeros_like(y))
     if k.dim() == 1:
         kept = k[safe]
     else:
-        kept = torch.gather(k, 1, safe.flatten(1)).view_as(target)
-    return torch.where(valid & kept, target.long(), torch.full_like(safe, ignore_index))
+        kept = torch.gather(k, 1, safe.flatten(1)).view_as(y)
+    return torch.where(valid & kept, y, torch.full_like(y, ignore_index))
 
 
 def seg_cross_entropy(

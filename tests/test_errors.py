@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -31,6 +32,49 @@ def test_label_out_of_range(backend, bad_label):
         dcf.seg_cross_entropy(logits, target)
 
 
+@pytest.mark.parametrize("with_keep", [False, True], ids=["no_keep", "keep"])
+@pytest.mark.parametrize(
+    "label_dtype, bad_label, ignore_index",
+    [(torch.uint8, 156, -100), (torch.uint8, 255, -1), (torch.int8, -1, 255)],
+)
+def test_ignore_index_outside_the_label_dtype_does_not_wrap(backend, with_keep, label_dtype, bad_label, ignore_index):
+    """``ignore_index`` cast to the label dtype would equal ``bad_label`` (-100 is 156 as uint8): still an error."""
+    logits, target = seg_inputs()
+    target[1, 3, 4] = bad_label
+    keep = torch.ones(5) if with_keep else None
+    with pytest.raises(ValueError, match=rf"target contains label {bad_label} outside \[0, 5\)"):
+        dcf.seg_cross_entropy(logits, target.to(label_dtype), keep, ignore_index=ignore_index)
+    with pytest.raises(ValueError, match=rf"target contains label {bad_label} outside \[0, 5\)"):
+        dcf.dropclass_loss(logits, logits, target.to(label_dtype), torch.ones(5), 0.5, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize(
+    "name, value, pattern",
+    [
+        ("ignore_index", True, "ignore_index must be an integer, got True"),
+        ("ignore_index", 255.5, "ignore_index must be an integer, got 255.5"),
+        ("ignore_index", None, "ignore_index must be an integer, got None"),
+        ("align_corners", "no", "align_corners must be a bool, got 'no'"),
+        ("align_corners", 1, "align_corners must be a bool, got 1"),
+    ],
+)
+def test_bad_ignore_index_or_align_corners(backend, name, value, pattern):
+    logits, target = seg_inputs()
+    with pytest.raises(TypeError, match=pattern):
+        dcf.seg_cross_entropy(logits, target, **{name: value})
+    with pytest.raises(TypeError, match=pattern):
+        dcf.dropclass_loss(logits, logits, target, torch.ones(5), 0.5, **{name: value})
+    with pytest.raises(TypeError, match=pattern):
+        DropClassLoss(**{name: value})
+
+
+def test_numpy_integer_ignore_index(backend):
+    logits, target = seg_inputs()
+    target[0, 0, 0] = 7
+    expected = dcf.seg_cross_entropy(logits, target, ignore_index=7)
+    assert torch.equal(dcf.seg_cross_entropy(logits, target, ignore_index=np.int64(7)), expected)
+
+
 def test_ignore_index_is_not_an_error(backend):
     logits, target = seg_inputs()
     target[0, 0, 0] = -1
@@ -40,8 +84,11 @@ def test_ignore_index_is_not_an_error(backend):
 @pytest.mark.parametrize(
     "target, error, pattern",
     [
-        (torch.rand(2, 16, 16), TypeError, "target must be an integer tensor, got dtype torch.float32"),
+        (torch.rand(2, 16, 16), TypeError, r"target must be an integer tensor \(uint8, int8, int16, int32 or int64\), "
+         "got dtype torch.float32"),
         (torch.zeros(2, 16, 16, dtype=torch.bool), TypeError, "target must be an integer tensor"),
+        (torch.zeros(2, 16, 16, dtype=torch.uint16), TypeError, "integer tensor .* got dtype torch.uint16"),
+        (torch.zeros(2, 0, 16, dtype=torch.long), ValueError, r"H, W >= 1, got shape \(2, 0, 16\)"),
         (torch.zeros(3, 16, 16, dtype=torch.long), ValueError, r"target must be \[B, H, W\] with B=2"),
         (torch.zeros(2, 16, dtype=torch.long), ValueError, r"got shape \(2, 16\)"),
         ([[0]], TypeError, "target must be a torch.Tensor, got list"),
@@ -59,6 +106,12 @@ def test_bad_logits(backend):
         dcf.seg_cross_entropy(torch.zeros(2, 5, 4, 4, dtype=torch.long), target)
     with pytest.raises(ValueError, match=r"logits must be \[B, K, h, w\], got shape \(2, 5, 4\)"):
         dcf.seg_cross_entropy(torch.zeros(2, 5, 4), target)
+    with pytest.raises(ValueError, match=r"logits must have h, w >= 1, got shape \(2, 5, 0, 4\)"):
+        dcf.seg_cross_entropy(torch.zeros(2, 5, 0, 4), target)
+    with pytest.raises(ValueError, match=r"logits must have h, w >= 1, got shape \(2, 5, 4, 0\)"):
+        dcf.dropped_class_prob(torch.zeros(2, 5, 4, 0), torch.ones(5))
+    with pytest.raises(ValueError, match=r"drop_logits must have h, w >= 1, got shape \(2, 5, 0, 0\)"):
+        dcf.dropclass_loss(torch.zeros(2, 5, 4, 4), torch.zeros(2, 5, 0, 0), target, torch.ones(5), 0.5)
 
 
 def test_device_mismatch(backend):
@@ -120,8 +173,17 @@ def test_loss_argument_errors(backend):
     keep = torch.ones(5)
     with pytest.raises(ValueError, match="progress must be a number in \\[0, 1\\], got 1.5"):
         dcf.dropclass_loss(logits, logits, target, keep, progress=1.5)
-    with pytest.raises(ValueError, match="alpha must be a non-negative number, got -1"):
-        dcf.dropclass_loss(logits, logits, target, keep, progress=0.5, alpha=-1)
+    for alpha in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"alpha must be a finite non-negative number, got {alpha}"):
+            dcf.dropclass_loss(logits, logits, target, keep, progress=0.5, alpha=alpha)
+        with pytest.raises(ValueError, match=f"alpha must be a finite non-negative number, got {alpha}"):
+            DropClassLoss(alpha=alpha)
+    with pytest.raises(ValueError, match=r"progress must be a number in \[0, 1\], got tensor\(0.5000\)"):
+        dcf.dropclass_loss(logits, logits, target, keep, progress=torch.tensor(0.5))
+    expected, _ = dcf.dropclass_loss(logits, logits, target, keep, progress=0.5, alpha=2)
+    for number in (np.float32(0.5), np.float64(0.5)):
+        total, _ = dcf.dropclass_loss(logits, logits, target, keep, progress=number, alpha=np.int64(2))
+        assert torch.equal(total, expected)
     with pytest.raises(ValueError, match=r"drop_logits must have the batch and class sizes"):
         dcf.dropclass_loss(logits, logits[:, :4], target, keep, progress=0.5)
 
@@ -161,5 +223,12 @@ def test_module_errors():
         dc(torch.randn(2, 7, 4, 4), progress=0.5)
     with pytest.raises(ValueError, match="progress must be a number in \\[0, 1\\], got -0.1"):
         dc(torch.randn(2, 8, 4, 4), progress=-0.1)
+    per_sample = DropClass(nn.Conv2d(8, 5, 1), per_sample=True).train()
+    with pytest.raises(TypeError, match=r"sample_index must be an integer tensor, got \[5, 9\]"):
+        per_sample(torch.randn(2, 8, 4, 4), progress=0.5, sample_index=[5, 9])
+    with pytest.raises(TypeError, match=r"sample_index must be an integer tensor, got tensor\(\[5., 9.\]\)"):
+        per_sample(torch.randn(2, 8, 4, 4), progress=0.5, sample_index=torch.tensor([5.0, 9.0]))
+    with pytest.raises(ValueError, match=r"sample_index must have shape \[B\]=\[2\], got \(3,\)"):
+        per_sample(torch.randn(2, 8, 4, 4), progress=0.5, sample_index=torch.arange(3))
     with pytest.raises(TypeError, match="out must be the DropClassOutput"):
         DropClassLoss()(torch.randn(2, 5, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), progress=0.5)

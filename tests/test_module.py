@@ -77,6 +77,36 @@ def test_per_sample_masks_depend_on_global_index():
     torch.testing.assert_close(again, keep[2:])
 
 
+def test_per_sample_mask_of_an_empty_batch():
+    dc = DropClass(nn.Conv2d(4, 5, 1), per_sample=True).train()
+    out = dc(torch.randn(0, 4, 2, 2), progress=1.0)
+    assert out.keep.shape == (0, 5) and out.drop_logits.shape == (0, 5, 2, 2)
+
+
+def test_compiled_module_does_not_recompile_per_step():
+    """``step`` changes every training forward; traced, each value would be a new graph (and past the recompile
+    limit the module would fall back to eager). The masks and the step count are those of the eager module."""
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    eager = DropClass(nn.Conv2d(4, 5, 1), seed=2).train()
+    compiled_module = DropClass(nn.Conv2d(4, 5, 1), seed=2).train()
+    compiled_module.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_module, backend=counting_backend)
+    features = torch.randn(2, 4, 3, 3)
+    counts = []
+    for _ in range(12):
+        expected, got = eager(features, progress=0.7), compiled(features, progress=0.7)
+        torch.testing.assert_close(got.keep, expected.keep)
+        torch.testing.assert_close(got.drop_logits, expected.drop_logits)
+        counts.append(len(graphs))
+    assert counts[-1] == counts[1], f"graphs compiled after each step: {counts}"
+    assert compiled_module.step == eager.step == 12
+
+
 def test_step_survives_state_dict():
     dc = DropClass(nn.Conv2d(4, 5, 1), seed=9).train()
     for _ in range(3):

@@ -1,4 +1,5 @@
-"""The C++ kernels against the eager reference: values and gradients, fresh random inputs."""
+"""The C++ kernels against the eager reference: values and gradients, fresh random inputs; empty inputs on every
+backend."""
 
 from __future__ import annotations
 
@@ -280,3 +281,36 @@ def test_dropclass_loss_op_registration(cpp_backend):
     torch.library.opcheck(
         torch.ops.dropclass_fast.dropclass_loss, (logits, drop_logits, target, keep, 255, False, True)
     )
+
+
+@pytest.mark.parametrize("backend", ["cpp", "eager", "triton"])
+@pytest.mark.parametrize("op", ["seg_cross_entropy", "dropped_class_prob", "dropclass_loss"])
+def test_empty_batch_gives_zero_loss_and_empty_gradients(cpp_backend, backend, op):
+    logits = torch.randn(0, 3, 4, 4, requires_grad=True)
+    drop_logits = torch.randn(0, 3, 4, 4, requires_grad=True)
+    target = torch.zeros(0, 8, 8, dtype=torch.long)
+    keep = torch.tensor([1.0, 0.0, 1.0])
+    calls = {
+        "seg_cross_entropy": lambda: (dcf.seg_cross_entropy(logits, target, keep), [logits]),
+        "dropped_class_prob": lambda: (dcf.dropped_class_prob(drop_logits, keep), [drop_logits]),
+        "dropclass_loss": lambda: (
+            dcf.dropclass_loss(logits, drop_logits, target, keep, 0.5)[0],
+            [logits, drop_logits],
+        ),
+    }
+    with dropclass_fast.set_backend(backend):
+        loss, inputs = calls[op]()
+    assert loss.item() == 0.0
+    for grad, tensor in zip(torch.autograd.grad(loss, inputs), inputs):
+        assert grad.shape == tensor.shape
+
+
+@pytest.mark.parametrize("backend", ["cpp", "eager", "triton"])
+def test_channel_mask_without_channels(cpp_backend, backend):
+    features = torch.randn(2, 0, 4, 4, requires_grad=True)
+    weight = torch.randn(3, 0, 1, 1, requires_grad=True)
+    with dropclass_fast.set_backend(backend):
+        out = dcf.channel_mask(features, weight, torch.tensor([1.0, 0.0, 1.0]))
+        grad_features, grad_weight = torch.autograd.grad(out.sum(), (features, weight))
+    assert out.shape == features.shape
+    assert grad_features.shape == features.shape and grad_weight.shape == weight.shape
