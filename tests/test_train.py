@@ -88,9 +88,18 @@ def test_resume_refuses_a_different_run(tmp_path):
     train(TrainConfig(**SMALL, method="baseline", iters=2, output=str(tmp_path)))
     with pytest.raises(ValueError, match="method='baseline'"):
         train(TrainConfig(**SMALL, method="dropclass", iters=2, output=str(tmp_path), resume="auto"))
+    with pytest.raises(ValueError, match="it was trained with amp='none', this run has amp='fp16'"):
+        train(TrainConfig(**SMALL, method="baseline", iters=2, output=str(tmp_path), resume="auto", amp="fp16"))
+    with pytest.raises(ValueError, match=r"it was trained with lr=0.0\d+, this run has lr=5.0"):
+        train(TrainConfig(**SMALL, method="baseline", iters=2, output=str(tmp_path), resume="auto", lr=5.0))
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         missing = str(tmp_path / "nothing.pt")
         train(TrainConfig(**SMALL, method="baseline", iters=2, output=str(tmp_path), resume=missing))
+
+
+def test_deeplabv3_refuses_one_sample_per_batch_norm(tmp_path):
+    with pytest.raises(ValueError, match="batch_size must be at least 2 for model 'deeplabv3' .* got 1"):
+        train(TrainConfig(**{**SMALL, "batch_size": 1, "model": "deeplabv3"}, iters=1, output=str(tmp_path)))
 
 
 def _free_port() -> int:

@@ -40,6 +40,7 @@ def test_recipe_defaults_follow_table_e3_and_the_linear_scaling_rule():
         ({"lr": float("nan")}, "lr must be a positive number"),
         ({"crop_size": (0, 64)}, "crop_size must be two positive integers"),
         ({"workers": -1}, "workers must be at least 0"),
+        ({"dataset": "voc", "eval_batch_size": 2}, "eval_batch_size must be 1 for dataset 'voc' .* got 2"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
@@ -56,6 +57,11 @@ def test_command_line_builds_the_config():
     assert (config.dataset, config.model, config.method, config.iters) == ("voc", "deeplabv3", "baseline", 7)
     assert config.crop() == (64, 96) and config.amp == "bf16" and config.resume == "auto"
     assert config.dataset_options == {"no_background": True, "sbd": False}
+    parser = build_parser(("voc", "synthetic"), "x")
+    synthetic = config_from_args(parser.parse_args(["--dataset", "synthetic", "--synthetic-length", "0"]))
+    assert synthetic.dataset_options == {"length": 0}  # refused by the dataset, not dropped for the default
+    with pytest.raises(ValueError, match="--synthetic-length is for --dataset synthetic, got --dataset voc"):
+        config_from_args(parser.parse_args(["--synthetic-length", "8"]))
 
 
 def test_poly_lr_matches_the_formula():

@@ -105,10 +105,26 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
             raise ValueError(f"crop_size must be two positive integers (H, W), got {self.crop_size}")
+        if self.dataset == "voc" and self.eval_batch_size != 1:
+            raise ValueError(
+                f"eval_batch_size must be 1 for dataset 'voc' (its validation images differ in size), "
+                f"got {self.eval_batch_size}"
+            )
 
     @property
     def recipe(self) -> Recipe:
         return RECIPES[(self.dataset, self.model)]
+
+    def resume_settings(self, world_size: int) -> dict[str, Any]:
+        """What a resumed run must share with the run that wrote the checkpoint to continue it exactly
+        (the effective learning rate and crop, whether given or the recipe's)."""
+        return {
+            "dataset": self.dataset, "dataset_options": self.dataset_options, "model": self.model,
+            "method": self.method, "seed": self.seed, "per_sample": self.per_sample,
+            "lr": self.learning_rate(world_size), "crop_size": self.crop(), "momentum": self.momentum,
+            "weight_decay": self.weight_decay, "poly_power": self.poly_power, "alpha": self.alpha, "amp": self.amp,
+            "channels_last": self.channels_last,
+        }
 
     def per_process_batch(self) -> int:
         """The batch per process: ``batch_size``, else the recipe's global batch over its process count."""
@@ -174,7 +190,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     options: dict[str, Any] = {}
     if args.dataset == "voc":
         options = {"no_background": args.no_background, "sbd": args.sbd}
-    elif args.dataset == "synthetic" and args.synthetic_length:
+    if args.synthetic_length is not None:
+        if args.dataset != "synthetic":
+            raise ValueError(f"--synthetic-length is for --dataset synthetic, got --dataset {args.dataset}")
         options = {"length": args.synthetic_length}
     return TrainConfig(
         dataset=args.dataset, model=args.model, method=args.method, data_root=args.data_root, output=args.output,

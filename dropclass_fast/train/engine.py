@@ -120,6 +120,14 @@ class _Run:
         self.context = context
         self.output = Path(config.output)
         self.batch_size = config.per_process_batch()
+        # SyncBatchNorm (CUDA DDP) normalises over every rank's batch; otherwise each process's batch alone
+        norm_batch = self.batch_size * (context.world_size if context.device.type == "cuda" else 1)
+        if config.model == "deeplabv3" and norm_batch < 2:
+            raise ValueError(
+                f"batch_size must be at least 2 for model 'deeplabv3' (the BatchNorm of its ASPP image-pooling "
+                f"branch sees one value per sample and channel), got {self.batch_size}"
+                + (f" on each of {context.world_size} processes" if context.world_size > 1 else "")
+            )
         _seed_everything(config.seed)
 
         self.train_set = _dataset(config, "train")
@@ -193,13 +201,6 @@ class _Run:
 
     def restore(self, path: str) -> None:
         state = load_checkpoint(path)
-        saved = state["config"]
-        for key in ("dataset", "model", "method", "seed", "per_sample"):
-            if saved[key] != getattr(self.config, key):
-                raise ValueError(
-                    f"cannot resume from {path}: it was trained with {key}={saved[key]!r}, this run has "
-                    f"{key}={getattr(self.config, key)!r}"
-                )
         if (state["world_size"], state["batch_size"], state["total_iterations"]) != (
             self.context.world_size, self.batch_size, self.total,
         ):
@@ -208,6 +209,14 @@ class _Run:
                 f"{state['batch_size']} for {state['total_iterations']} iterations, this run "
                 f"{self.context.world_size} x {self.batch_size} for {self.total}"
             )
+        saved = TrainConfig(**state["config"]).resume_settings(state["world_size"])
+        ours = self.config.resume_settings(self.context.world_size)
+        for key, value in ours.items():
+            if saved[key] != value:
+                raise ValueError(
+                    f"cannot resume from {path}: it was trained with {key}={saved[key]!r}, this run has "
+                    f"{key}={value!r}"
+                )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
