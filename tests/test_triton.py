@@ -174,6 +174,26 @@ def test_dropped_class_prob_nothing_dropped_is_zero():
     assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
+def test_channel_mask_addresses_pixels_by_layout_not_size_one_strides():
+    """A ``[B, C, h, 1]`` tensor is contiguous whatever stride its size-1 last dimension reports (here h=5):
+    pixels must be addressed as the layout places them."""
+    features = torch.randn(2, 3, 1, 5, device=DEVICE).transpose(2, 3)
+    assert features.is_contiguous() and features.stride(3) == 5
+    weight = torch.randn(4, 3, device=DEVICE)
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0], device=DEVICE)
+    grad_out = torch.randn(1, 3, 2, 5, device=DEVICE).permute(0, 1, 3, 2).expand(2, 3, 5, 2)[..., :1]
+    got_leaves = [features.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()]
+    with dropclass_fast.set_backend("triton"):
+        got = dcf.channel_mask(*got_leaves, keep)
+    got.backward(grad_out)
+    want_leaves = [features.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()]
+    want = reference.channel_mask(*want_leaves, keep)
+    want.backward(grad_out)
+    torch.testing.assert_close(got, want)
+    assert_grad_close(got_leaves[0].grad, want_leaves[0].grad, 1e-5)
+    assert_grad_close(got_leaves[1].grad, want_leaves[1].grad, 1e-5)
+
+
 @pytest.mark.parametrize("keep_mode", ["batch", "sample"])
 @pytest.mark.parametrize("weight_shape", [(5, 6), (5, 6, 1, 1), (5, 6, 3, 3)], ids=["KC", "1x1", "3x3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -287,8 +307,8 @@ def test_deterministic_mode_is_bit_identical():
     "num_classes, sizes, expected",
     [
         (19, (128, 256, 512, 1024), None),  # the paper's shapes: every candidate whose tile fits, default first
-        (150, (128, 256, 512, 1024), [(32, 8, 4)]),  # ADE20K: BLOCK_K=256 leaves only 32-column windows
-        (600, (16, 32, 64, 128), [(32, 8, 4)]),  # no tile fits: the narrowest window alone
+        (150, (128, 256, 512, 1024), [(32, 8, 4), (16, 8, 4)]),  # ADE20K: BLOCK_K=256 leaves 32 and 16 columns
+        (600, (16, 32, 64, 128), [(16, 8, 4)]),  # no tile fits: the narrowest window alone
         (600, (4, 4, 16, 160), [(128, 8, 8)]),  # ... that holds a stencil (x40 upsampling)
     ],
 )
@@ -329,8 +349,48 @@ def test_tuning_leaves_out_candidates_the_gpu_cannot_launch(monkeypatch):
     monkeypatch.setattr(triton.testing, "do_bench", do_bench)
     assert _tuning.pick("case", ["slow", "huge", "fast"], run, deterministic=False) == "fast"
     assert _tuning.pick("case", ["slow", "huge", "fast"], run, deterministic=True) == "slow"
-    with pytest.raises(OutOfResources):
-        _tuning.pick("too big", ["huge", "huge"], run, deterministic=False)
+    # deterministic mode: the first candidate that launches, kept for the key
+    launched.clear()
+    assert _tuning.pick("first too big", ["huge", "fast", "slow"], run, deterministic=True) == "fast"
+    assert _tuning.pick("first too big", ["huge", "fast", "slow"], run, deterministic=True) == "fast"
+    assert launched == ["huge", "fast"]
+    for deterministic in (False, True):
+        with pytest.raises(OutOfResources):
+            _tuning.pick("too big", ["huge", "huge"], run, deterministic=deterministic)
+
+
+def test_triton_ops_make_their_tensors_device_current(monkeypatch):
+    """Triton launches on the current CUDA device: each op enters its first tensor's device (cuda:1 tensors while
+    cuda:0 is current must not launch on cuda:0)."""
+    from dropclass_fast.triton import _common
+    from dropclass_fast.triton import ops as triton_ops
+
+    entered = []
+
+    class RecordingDevice:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc_info):
+            return False
+
+    class CudaTensorStandIn:
+        is_cuda = True
+        device = "cuda:1"
+
+    monkeypatch.setattr(torch.cuda, "device", RecordingDevice)
+    op = _common.on_tensor_device(lambda tensor, value: (value, list(entered)))
+    assert op(CudaTensorStandIn(), 3) == (3, ["cuda:1"])
+    entered.clear()
+    assert op(torch.ones(1), 4) == (4, [])
+    wrapped = ["_channel_mask", "_channel_mask_backward", "_scaled_sum", "_seg_cross_entropy", "_dropped_class_prob",
+               "_dropclass_loss"]  # fmt: skip
+    for name in wrapped:
+        wrapper = getattr(triton_ops, name)._init_fn
+        assert wrapper.__code__ is op.__code__ and wrapper.__wrapped__.__name__ == name, name
 
 
 def test_float64_runs_on_the_reference():
@@ -369,6 +429,9 @@ VARIANTS = [
      {"logits_ptr": "*fp32", "target_ptr": "*u8"}),
     (seg_cross_entropy._seg_cross_entropy_kernel, {"HAS_KEEP": False, "COMPUTE_GRAD": True, "SUP": False, **SEG_CE},
      {"logits_ptr": "*fp16", "target_ptr": "*i32"}),
+    # the narrowest window at 16x downsampling (K=19): a 256-column source span
+    (seg_cross_entropy._seg_cross_entropy_kernel,
+     {"HAS_KEEP": True, "COMPUTE_GRAD": True, "SUP": False, **SEG_CE, "TX": 16, "SX": 256}, {}),
     (dropped_class_prob._dropped_class_prob_kernel, {"COMPUTE_GRAD": True, "BLOCK_K": 32, "BLOCK_P": 128}, {}),
     (dropped_class_prob._dropped_class_prob_kernel, {"COMPUTE_GRAD": False, "BLOCK_K": 32, "BLOCK_P": 128},
      {"logits_ptr": "*fp32"}),
@@ -389,8 +452,8 @@ for kernel, constexprs, pointers in VARIANTS:
             signature[name] = "i64" if name in ("n", "ignore_index") else "i32"
     indices = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
     source = ASTSource(fn=kernel, signature=signature, constexprs=indices)
-    triton.compile(source, target=GPUTarget("cuda", ARCH, 32), options={"num_warps": 4})
-    print("compiled", kernel.__name__, constexprs, pointers, flush=True)
+    compiled = triton.compile(source, target=GPUTarget("cuda", ARCH, 32), options={"num_warps": 4})
+    print("compiled", kernel.__name__, constexprs, pointers, "shared", compiled.metadata.shared, flush=True)
 print("variants", len(VARIANTS))
 """
 
@@ -411,4 +474,8 @@ def test_kernels_compile_for_sm80_and_sm90():
         stdout, stderr = run.communicate(timeout=600)
         assert run.returncode == 0, f"{arch}: {stderr[-4000:]}"
         variants = int(stdout.split("variants ")[-1])
-        assert variants >= 17 and stdout.count("compiled") == variants, f"{arch}: {stdout[-2000:]}"
+        assert variants >= 18 and stdout.count("compiled") == variants, f"{arch}: {stdout[-2000:]}"
+        # 16x downsampling must have a window that launches on every sm_80+ GPU (99 KiB of shared memory on
+        # sm_86/sm_89, 163 KiB on an A100); the 32-column window needs 192 KiB there.
+        narrow = next(line for line in stdout.splitlines() if "'TX': 16" in line)
+        assert int(narrow.split("shared ")[-1]) <= 99 * 1024, f"{arch}: {narrow}"

@@ -585,16 +585,40 @@ TilePlan plan_for(const SegCrossEntropyArgs& a) {
                     threads_for_k(a.K), kTileRows);
 }
 
+// Calls `visit(std::integral_constant<int, KMAX>{})` for the kernel variant of `slots` class slots.
+template <typename Visitor>
+cudaError_t with_variant(int slots, Visitor&& visit) {
+  switch (slots) {
+    case 8: return visit(std::integral_constant<int, 8>{});
+    case 16: return visit(std::integral_constant<int, 16>{});
+    case 24: return visit(std::integral_constant<int, 24>{});
+    case 32: return visit(std::integral_constant<int, 32>{});
+    default: return visit(std::integral_constant<int, 0>{});
+  }
+}
+
+// The variant's static shared memory (the reductions' scratch), which counts
+// against the same per-block limit as the dynamic tile tables.
 template <int KMAX>
-cudaError_t launch_main(const CeParams& p, size_t shared_bytes, cudaStream_t stream) {
+cudaError_t static_shared_bytes(size_t* bytes) {
+  cudaFuncAttributes attributes{};
+  const cudaError_t err = cudaFuncGetAttributes(&attributes, seg_ce_kernel<KMAX>);
+  *bytes = attributes.sharedSizeBytes;
+  return err;
+}
+
+// `dynamic_bytes` of dynamic shared memory: past the default 48 KB per block
+// (static included) the kernel must opt in to more.
+template <int KMAX>
+cudaError_t launch_main(const CeParams& p, size_t dynamic_bytes, size_t static_bytes, cudaStream_t stream) {
   constexpr int NT = threads_for<KMAX>();
-  if (shared_bytes > 48 * 1024) {
+  if (dynamic_bytes + static_bytes > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(
-        seg_ce_kernel<KMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
+        seg_ce_kernel<KMAX>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic_bytes));
     if (err != cudaSuccess) return err;
   }
   const unsigned grid = static_cast<unsigned>(p.B * p.tiles_y * p.tiles_x);
-  seg_ce_kernel<KMAX><<<grid, NT, shared_bytes, stream>>>(p);
+  seg_ce_kernel<KMAX><<<grid, NT, dynamic_bytes, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -635,16 +659,20 @@ cudaError_t run_seg_cross_entropy(const SegCrossEntropyArgs& a, float* loss, con
   int device = 0, max_shared = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  size_t static_bytes = 0;
+  if (err == cudaSuccess)
+    err = with_variant(slots, [&](auto kmax) { return static_shared_bytes<decltype(kmax)::value>(&static_bytes); });
   if (err != cudaSuccess) return err;
   // Fewer rows per tile when the tile's shared memory does not fit (large K).
   auto shared_bytes = [&](const TilePlan& tp) {
     return sizeof(float) * static_cast<size_t>(shared_layout(a.K, tp.TY, tp.TX, nthreads, slots == 0).total);
   };
-  while (shared_bytes(t) > static_cast<size_t>(max_shared) && t.TY > 1) {
+  auto fits = [&](const TilePlan& tp) { return shared_bytes(tp) + static_bytes <= static_cast<size_t>(max_shared); };
+  while (!fits(t) && t.TY > 1) {
     t.TY = (t.TY + 1) / 2;
     t.tiles_y = ceil_div(a.h, t.TY);
   }
-  if (shared_bytes(t) > static_cast<size_t>(max_shared)) return cudaErrorInvalidConfiguration;
+  if (!fits(t)) return cudaErrorInvalidConfiguration;
 
   const CeWorkspace ws = carve(a, t, workspace, nullptr);
   err = cudaMemsetAsync(ws.count, 0, sizeof(unsigned long long), stream);
@@ -671,13 +699,9 @@ cudaError_t run_seg_cross_entropy(const SegCrossEntropyArgs& a, float* loss, con
   p.sup_partial = sup != nullptr ? ws.sup_partial : nullptr;
   p.sup_grad = sup != nullptr ? sup->grad : nullptr;
   const size_t smem = shared_bytes(t);
-  switch (slots) {
-    case 8: err = launch_main<8>(p, smem, stream); break;
-    case 16: err = launch_main<16>(p, smem, stream); break;
-    case 24: err = launch_main<24>(p, smem, stream); break;
-    case 32: err = launch_main<32>(p, smem, stream); break;
-    default: err = launch_main<0>(p, smem, stream); break;
-  }
+  err = with_variant(slots, [&](auto kmax) {
+    return launch_main<decltype(kmax)::value>(p, smem, static_bytes, stream);
+  });
   if (err != cudaSuccess) return err;
   const int64_t blocks = a.B * t.tiles_y * t.tiles_x;
   launch_finalize_loss(ws.partial, blocks, ws.count, loss, stream);

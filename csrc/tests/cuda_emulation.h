@@ -13,10 +13,12 @@
 // shared memory starts as NaN so that reads of unwritten entries show.
 // 1-D launches only.  Needs C++20 (<barrier>).
 #pragma once
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -97,16 +99,54 @@ typedef struct CUstream_st* cudaStream_t;
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
 enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+struct cudaFuncAttributes { size_t sharedSizeBytes = 0; };
+
+// The driver's shared-memory rules: a block's static plus dynamic shared
+// memory is at most 48 KB unless cudaFuncSetAttribute raised the kernel's
+// dynamic limit to n, which needs static + n within the opt-in limit (227 KB
+// on an H100; tests may lower it).  Every kernel is taken to have
+// kStaticShared bytes of static shared memory (ptxas: 272 for seg_ce_kernel).
+// A launch past its limit fails: cudaGetLastError reports it.
+namespace emu {
+inline constexpr size_t kStaticShared = 272;
+inline size_t max_shared_optin = 227 * 1024;
+inline std::map<std::uintptr_t, size_t> dynamic_limit;
+inline size_t largest_dynamic_smem = 0;  // of the launches since a test reset it
+inline cudaError_t last_error = cudaSuccess;
+template <typename F> std::uintptr_t kernel_key(F f) { return reinterpret_cast<std::uintptr_t>(f); }
+}  // namespace emu
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { std::memset(p, v, n); return cudaSuccess; }
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t err = emu::last_error;
+  emu::last_error = cudaSuccess;
+  return err;
+}
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
-inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = 227 * 1024; return cudaSuccess; }
-template <typename F> cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) {
+  *v = static_cast<int>(emu::max_shared_optin);
+  return cudaSuccess;
+}
+template <typename F> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, F) {
+  attributes->sharedSizeBytes = emu::kStaticShared;
+  return cudaSuccess;
+}
+template <typename F> cudaError_t cudaFuncSetAttribute(F f, cudaFuncAttribute, int bytes) {
+  if (bytes < 0 || emu::kStaticShared + static_cast<size_t>(bytes) > emu::max_shared_optin)
+    return cudaErrorInvalidValue;
+  emu::dynamic_limit[emu::kernel_key(f)] = static_cast<size_t>(bytes);
+  return cudaSuccess;
+}
 
 namespace emu {
 // blockDim.x threads run the blocks one after the other.
 template <typename Kernel, typename... Args>
 void launch(unsigned grid, unsigned block, size_t smem, cudaStream_t, Kernel k, Args... args) {
+  const auto raised = dynamic_limit.find(kernel_key(k));
+  if (smem > (raised != dynamic_limit.end() ? raised->second : 48 * 1024 - kStaticShared)) {
+    last_error = cudaErrorInvalidValue;
+    return;
+  }
+  largest_dynamic_smem = std::max(largest_dynamic_smem, smem);
   gDim = dim3(grid);
   bDim = dim3(block);
   shfl_buf.assign(block, 0.0);

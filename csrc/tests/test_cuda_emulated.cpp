@@ -260,11 +260,33 @@ void test_keep_mask() {
 
 }  // namespace
 
+// The tile plan leaves room for the kernel's static shared memory: with the
+// opt-in limit above a case's dynamic tables but below tables plus static
+// scratch, the kernel still launches (fewer rows per tile) and is correct.
+void test_seg_ce_static_shared_memory(std::mt19937& rng) {
+  const CeCase cs = {1, 150, 4, 6, 13, 22, false, 2, 255, 0.1};
+  const int before = g_failed;
+  emu::largest_dynamic_smem = 0;
+  test_seg_ce<float, int64_t>(cs, true, false, rng);
+  const size_t tables = emu::largest_dynamic_smem;
+  check(tables + emu::kStaticShared > 48 * 1024, "K=150 tables need the opt-in shared memory");
+  const size_t saved = emu::max_shared_optin;
+  emu::max_shared_optin = tables + emu::kStaticShared / 2;
+  emu::largest_dynamic_smem = 0;
+  test_seg_ce<float, int64_t>(cs, true, false, rng);
+  emu::max_shared_optin = saved;
+  check(emu::largest_dynamic_smem < tables, "smaller tiles under a lower shared-memory limit: " +
+                                                std::to_string(emu::largest_dynamic_smem) + " vs " +
+                                                std::to_string(tables) + " bytes");
+  if (g_failed != before) std::printf("FAIL (the cases above) static shared memory left out of the tile plan\n");
+}
+
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "quick";
   std::mt19937 rng(7);
   test_keep_mask();
   test_seg_ce_bad_label();
+  test_seg_ce_static_shared_memory(rng);
 
   const std::vector<CeCase> cases = {
       {2, 19, 9, 13, 37, 51, false, 0, 255, 0.1},

@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import triton
@@ -32,6 +35,24 @@ def dot_precision(device: torch.device) -> str:
     if INTERPRET or device.type != "cuda":
         return "ieee"
     return "tf32x3" if torch.cuda.get_device_capability(device)[0] >= 8 else "ieee"
+
+
+Result = TypeVar("Result")
+
+
+def on_tensor_device(op: Callable[..., Result]) -> Callable[..., Result]:
+    """``op`` run with the CUDA device of its first argument (a tensor) made current: Triton launches kernels
+    on, and times them on, the current device, which need not be the tensors' (``cuda:1`` tensors while
+    ``cuda:0`` is current)."""
+
+    @functools.wraps(op)
+    def on_device(tensor: torch.Tensor, *args, **kwargs) -> Result:
+        if not tensor.is_cuda:
+            return op(tensor, *args, **kwargs)
+        with torch.cuda.device(tensor.device):
+            return op(tensor, *args, **kwargs)
+
+    return on_device
 
 
 def dense(tensor: torch.Tensor) -> torch.Tensor:

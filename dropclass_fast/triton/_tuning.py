@@ -2,7 +2,8 @@
 
 Every kernel here is free of floating-point atomics, so a fixed configuration gives bit-identical results run to
 run; measuring picks the fastest candidate but a different candidate may round differently, hence
-``deterministic=True`` always takes the first (default) candidate.
+``deterministic=True`` takes the first candidate the GPU can launch (the default one, unless it needs more shared
+memory or registers than this GPU has).
 """
 
 from __future__ import annotations
@@ -24,21 +25,39 @@ def pick(key: Hashable, candidates: Sequence[Config], run: Callable[[Config], ob
     """The candidate to launch with for ``key`` (a kernel name and the shape it depends on).
 
     ``run(config)`` launches the kernel once (its outputs may be overwritten freely). With several candidates on a
-    GPU and ``deterministic`` off, each is timed with ``triton.testing.do_bench`` the first time ``key`` is seen;
-    a candidate this GPU cannot launch (more shared memory or registers than it has: ``OutOfResources``) is
-    left out, and the error is raised only when no candidate launches.
+    GPU, the first time ``key`` is seen: with ``deterministic`` off each is timed with ``triton.testing.do_bench``
+    and the fastest kept; with it on, the first that launches is kept. A candidate this GPU cannot launch (more
+    shared memory or registers than it has: ``OutOfResources``) is left out either way, and the error is raised
+    only when no candidate launches.
     """
-    if deterministic or INTERPRET or len(candidates) == 1:
+    if INTERPRET or len(candidates) == 1:
         return candidates[0]
-    if key not in _chosen:
-        times: dict[int, float] = {}
-        error: OutOfResources | None = None
-        for index, config in enumerate(candidates):
-            try:
-                times[index] = triton.testing.do_bench(lambda config=config: run(config), warmup=5, rep=20)
-            except OutOfResources as exc:
-                error = exc
-        if not times:
-            raise error  # type: ignore[misc]
-        _chosen[key] = candidates[min(times, key=times.__getitem__)]
-    return _chosen[key]  # type: ignore[return-value]
+    chosen_key = (key, deterministic)
+    if chosen_key not in _chosen:
+        _chosen[chosen_key] = _first_launching(candidates, run) if deterministic else _fastest(candidates, run)
+    return _chosen[chosen_key]  # type: ignore[return-value]
+
+
+def _first_launching(candidates: Sequence[Config], run: Callable[[Config], object]) -> Config:
+    error: OutOfResources | None = None
+    for config in candidates:
+        try:
+            run(config)
+        except OutOfResources as exc:
+            error = exc
+        else:
+            return config
+    raise error  # type: ignore[misc]
+
+
+def _fastest(candidates: Sequence[Config], run: Callable[[Config], object]) -> Config:
+    times: dict[int, float] = {}
+    error: OutOfResources | None = None
+    for index, config in enumerate(candidates):
+        try:
+            times[index] = triton.testing.do_bench(lambda config=config: run(config), warmup=5, rep=20)
+        except OutOfResources as exc:
+            error = exc
+    if not times:
+        raise error  # type: ignore[misc]
+    return candidates[min(times, key=times.__getitem__)]

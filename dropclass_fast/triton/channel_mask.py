@@ -119,8 +119,13 @@ BACKWARD_BLOCK_P = 256  # fixed: the pixel blocks of the partial sums set the re
 
 
 def _layout(features: torch.Tensor) -> tuple[int, int, int]:
-    """Strides of (sample, channel, flattened pixel) of a contiguous or channels_last ``[B, C, h, w]`` tensor."""
-    return features.stride(0), features.stride(1), features.stride(3)
+    """Strides of (sample, channel, flattened pixel) of a contiguous or channels_last ``[B, C, h, w]`` tensor,
+    from its sizes: the strides it reports for size-1 dimensions may be anything (``is_contiguous`` ignores them;
+    a ``[B, C, h, 1]`` tensor can report ``stride(3) == h``)."""
+    _, channels, h, w = features.shape
+    if features.is_contiguous():
+        return channels * h * w, h * w, 1
+    return h * w * channels, 1, channels
 
 
 def class_importance(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 
 from .. import _ops, functional
 from . import channel_mask as channel_mask_kernels
-from ._common import dense, scaled_sum
+from ._common import dense, on_tensor_device, scaled_sum
 from .dropped_class_prob import dropped_prob_sum
 from .seg_cross_entropy import NO_BAD_LABEL, cross_entropy_pass, supports_fused_sup
 
@@ -55,6 +55,7 @@ def _raise_on_bad_values(
 
 
 @torch.library.custom_op(f"{_LIB}::channel_mask", mutates_args=())
+@on_tensor_device
 def _channel_mask(
     features: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor, deterministic: bool
 ) -> torch.Tensor:
@@ -68,6 +69,7 @@ def _(features, weight, keep, deterministic):
 
 
 @torch.library.custom_op(f"{_LIB}::channel_mask_backward", mutates_args=())
+@on_tensor_device
 def _channel_mask_backward(
     grad_out: torch.Tensor, features: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,6 +101,7 @@ _channel_mask.register_autograd(_channel_mask_grad, setup_context=_channel_mask_
 
 
 @torch.library.custom_op(f"{_LIB}::scaled_sum", mutates_args=())
+@on_tensor_device
 def _scaled_sum(
     x: torch.Tensor, a: torch.Tensor, y: torch.Tensor | None, b: torch.Tensor | None, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -130,6 +133,7 @@ def _saved_grad(ctx, position: int, op: str) -> torch.Tensor:
 
 
 @torch.library.custom_op(f"{_LIB}::seg_cross_entropy", mutates_args=())
+@on_tensor_device
 def _seg_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -179,6 +183,7 @@ def _sup_scale(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op(f"{_LIB}::dropped_class_prob", mutates_args=())
+@on_tensor_device
 def _dropped_class_prob(
     logits: torch.Tensor, keep: torch.Tensor, compute_grad: bool, deterministic: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -207,6 +212,7 @@ _dropped_class_prob.register_autograd(_dropped_class_prob_grad, setup_context=_s
 
 
 @torch.library.custom_op(f"{_LIB}::dropclass_loss", mutates_args=())
+@on_tensor_device
 def _dropclass_loss(
     logits: torch.Tensor,
     drop_logits: torch.Tensor,

@@ -231,7 +231,9 @@ def _seg_cross_entropy_kernel(
 
 
 # (output columns per program, source rows per band, warps); the first is the fixed choice of deterministic mode.
-CANDIDATES = ((64, 8, 8), (128, 8, 8), (32, 8, 4), (64, 4, 4), (64, 8, 4), (256, 8, 8))
+# The 16-column window is for strong downsampling, where a window's source span (SX, in shared memory) is
+# the downsampling factor times its width: at 16x the 32-column window needs 192 KiB, more than an A100 has.
+CANDIDATES = ((64, 8, 8), (128, 8, 8), (32, 8, 4), (64, 4, 4), (64, 8, 4), (256, 8, 8), (16, 8, 4))
 MAX_TILE_ELEMENTS = 8192  # BLOCK_K * TX per register tile
 
 
