@@ -68,7 +68,11 @@ def _kernel_command(source: Path, arch: str, out_dir: Path) -> list[str]:
     return [str(NVCC), "-c", *flags, str(source), "-o", str(obj)]
 
 
-def _binding_command(source: Path) -> list[str]:
+# The bindings build with the C++ standard torch picks (C++20 in torch 2.13, C++17 in older releases): check both.
+BINDING_STANDARDS = ("c++17", "c++20")
+
+
+def _binding_command(source: Path, standard: str) -> list[str]:
     import torch.utils.cpp_extension as cpp_extension
 
     cuda_include = NVCC.parent.parent / "include"
@@ -76,7 +80,7 @@ def _binding_command(source: Path) -> list[str]:
     compiler = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
     return [
         *compiler.split()[:1],
-        "-std=c++17",
+        f"-std={standard}",
         "-fsyntax-only",
         "-Wall",
         "-Wextra",
@@ -118,7 +122,9 @@ def compile_results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     commands = {
         f"{src.name}:sm_{arch}": _kernel_command(src, arch, out_dir) for src in KERNELS for arch in _build.CUDA_ARCHES
     }
-    commands.update({f"{src.name}:bindings": _binding_command(src) for src in BINDINGS})
+    commands.update(
+        {f"{src.name}:bindings:{std}": _binding_command(src, std) for src in BINDINGS for std in BINDING_STANDARDS}
+    )
     # The slowest (seg_cross_entropy) first, so the pool finishes together.
     order = sorted(commands, key=lambda label: "seg_cross_entropy" not in label)
     return _run_parallel({label: commands[label] for label in order})
@@ -148,9 +154,10 @@ def test_kernel_compiles_without_warnings(compile_results, source, arch):
 
 @needs_nvcc
 @pytest.mark.skipif(sys.platform != "linux", reason="the binding syntax check uses the Linux toolchain")
+@pytest.mark.parametrize("standard", BINDING_STANDARDS)
 @pytest.mark.parametrize("source", BINDINGS, ids=lambda p: p.name)
-def test_cuda_bindings_compile(compile_results, source):
-    result = compile_results[f"{source.name}:bindings"]
+def test_cuda_bindings_compile(compile_results, source, standard):
+    result = compile_results[f"{source.name}:bindings:{standard}"]
     assert result.returncode == 0, result.stderr[-4000:]
 
 
