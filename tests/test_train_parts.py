@@ -41,6 +41,7 @@ def test_recipe_defaults_follow_table_e3_and_the_linear_scaling_rule():
         ({"crop_size": (0, 64)}, "crop_size must be two positive integers"),
         ({"workers": -1}, "workers must be at least 0"),
         ({"dataset": "voc", "eval_batch_size": 2}, "eval_batch_size must be 1 for dataset 'voc' .* got 2"),
+        ({"iters": 5, "epochs": 2}, "give iters or epochs, not both .* got iters=5, epochs=2"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
@@ -51,7 +52,7 @@ def test_config_rejects_bad_values(kwargs, message):
 def test_command_line_builds_the_config():
     args = build_parser(("voc", "synthetic"), "x").parse_args(
         ["--model", "deeplabv3", "--method", "baseline", "--iters", "7", "--crop-size", "64", "96",
-         "--amp", "bf16", "--no-background", "--resume"]
+         "--amp", "bf16", "--no-background", "--resume", "--data-root", "/data/voc"]
     )
     config = config_from_args(args)
     assert (config.dataset, config.model, config.method, config.iters) == ("voc", "deeplabv3", "baseline", 7)
@@ -61,7 +62,9 @@ def test_command_line_builds_the_config():
     synthetic = config_from_args(parser.parse_args(["--dataset", "synthetic", "--synthetic-length", "0"]))
     assert synthetic.dataset_options == {"length": 0}  # refused by the dataset, not dropped for the default
     with pytest.raises(ValueError, match="--synthetic-length is for --dataset synthetic, got --dataset voc"):
-        config_from_args(parser.parse_args(["--synthetic-length", "8"]))
+        config_from_args(parser.parse_args(["--data-root", "/data/voc", "--synthetic-length", "8"]))
+    with pytest.raises(ValueError, match="--data-root is required for --dataset voc"):
+        config_from_args(parser.parse_args([]))
 
 
 def test_poly_lr_matches_the_formula():

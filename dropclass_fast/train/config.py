@@ -105,6 +105,9 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
             raise ValueError(f"crop_size must be two positive integers (H, W), got {self.crop_size}")
+        if self.iters is not None and self.epochs is not None:
+            raise ValueError(f"give iters or epochs, not both (iters replaces the epoch count): "
+                             f"got iters={self.iters}, epochs={self.epochs}")
         if self.dataset == "voc" and self.eval_batch_size != 1:
             raise ValueError(
                 f"eval_batch_size must be 1 for dataset 'voc' (its validation images differ in size), "
@@ -190,6 +193,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     options: dict[str, Any] = {}
     if args.dataset == "voc":
         options = {"no_background": args.no_background, "sbd": args.sbd}
+    if args.dataset != "synthetic" and args.data_root is None:
+        raise ValueError(f"--data-root is required for --dataset {args.dataset}")
     if args.synthetic_length is not None:
         if args.dataset != "synthetic":
             raise ValueError(f"--synthetic-length is for --dataset synthetic, got --dataset {args.dataset}")

@@ -326,6 +326,11 @@ class _Run:
 
     def _evaluate_and_report(self, final: bool) -> torch.Tensor:
         config = self.config
+        if self.context.distributed:
+            # Without SyncBatchNorm (CPU) each rank's BatchNorm statistics follow its own shard since DDP's last
+            # broadcast: every rank evaluates rank 0's model, the one model.pt holds.
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
         confusion = evaluate(
             self.model, self.val_set, self.num_classes, self.context, batch_size=config.eval_batch_size,
             workers=config.workers, amp=config.amp, channels_last=config.channels_last,
