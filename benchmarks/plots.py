@@ -57,7 +57,7 @@ def train_step_figure(results: Results, path: Path) -> bool:
         return False
     fig, axes = plt.subplots(len(configs), 2, figsize=(11, 3.4 * len(configs)), squeeze=False)
     for (time_ax, memory_ax), (device, shape, precision) in zip(axes, configs):
-        rows = results.select("train_step", device=device, shape=shape, precision=precision)
+        rows = results.latest_per("train_step", "variant", device=device, shape=shape, precision=precision)
         variants = [row["variant"] for row in rows]
         colors = [VARIANT_COLORS.get(variant, "tab:purple") for variant in variants]
         time_ax.bar(variants, [1e3 * row["median_s"] for row in rows], color=colors)

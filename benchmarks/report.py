@@ -62,17 +62,20 @@ METHOD = """\
 """
 
 
-def _run_suite(output_dir: Path, pytest_args: list[str]) -> Path:
+def _run_suite(output_dir: Path, pytest_args: list[str]) -> tuple[Path, int]:
+    """Runs the suite into ``output_dir/results.json``: ``(its path, pytest's exit status)``. A run in which some
+    case failed still gives its JSON (the report then covers the cases that ran); no JSON is an error."""
     json_path = output_dir / "results.json"
     command = [
         sys.executable, "-m", "pytest", str(BENCH_DIR), "--benchmark-only", f"--benchmark-json={json_path}",
         "-p", "no:cacheprovider", *pytest_args,
     ]  # fmt: skip
     print("running:", " ".join(command), flush=True)
+    json_path.unlink(missing_ok=True)
     proc = subprocess.run(command, cwd=REPO_ROOT, check=False)
-    if proc.returncode != 0 or not json_path.is_file():
-        raise SystemExit(f"the benchmark suite failed (exit status {proc.returncode}); no report written")
-    return json_path
+    if not json_path.is_file():
+        raise SystemExit(f"the benchmark suite failed (exit status {proc.returncode}) and wrote no JSON; no report")
+    return json_path, proc.returncode
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -84,7 +87,7 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def _ms(row: Row) -> str:
-    return f"{1e3 * row['median_s']:.2f} ({1e3 * row['min_s']:.2f})"
+    return f"{1e3 * row['median_s']:.4g} ({1e3 * row['min_s']:.4g})"
 
 
 def _table(header: list[str], lines: list[list[str]]) -> list[str]:
@@ -125,7 +128,7 @@ def _op_section(results: Results) -> list[str]:
     out = ["## Ops: time, peak memory, bandwidth", ""]
     for device, shape in results.configs("op", ("device", "shape")):
         rows = results.select("op", device=device, shape=shape)
-        copy_bandwidth = results.copy_bandwidth(device)
+        copy_bandwidth = results.copy_bandwidth(device, rows[-1]["gpu"])
         sizes = rows[0]
         out += [
             f"### {device}, shape `{shape}`: B={sizes['B']}, K={sizes['K']}, C={sizes['C']}, "
@@ -165,6 +168,24 @@ def _op_section(results: Results) -> list[str]:
     return out
 
 
+def _backends_section(results: Results) -> list[str]:
+    """CUDA against Triton, case by case, where both ran (on the same GPU)."""
+    lines = []
+    for shape, op, mode, dtype, gpu in results.configs("op", ("shape", "op", "mode", "dtype", "gpu")):
+        where = {"device": "cuda", "shape": shape, "op": op, "mode": mode, "dtype": dtype, "gpu": gpu}
+        triton, cuda = results.one("op", impl="triton", **where), results.one("op", impl="cuda", **where)
+        if triton is None or cuda is None:
+            continue
+        ratio = cuda["median_s"] / triton["median_s"]
+        faster = "cuda" if ratio < 1 else "triton" if ratio > 1 else "tie"
+        lines.append([shape, op, mode, dtype, _ms(triton), _ms(cuda), f"{ratio:.3f}", faster])
+    if not lines:
+        return []
+    header = ["shape", "op", "mode", "dtype", "triton median ms (min)", "cuda median ms (min)", "cuda / triton",
+              "faster"]  # fmt: skip
+    return ["## CUDA against Triton", "", *_table(header, lines), ""]
+
+
 def _interleaved_section(results: Results) -> list[str]:
     rows = results.select("interleaved")
     if not rows:
@@ -196,7 +217,7 @@ def _step_section(results: Results) -> list[str]:
     if not configs:
         return [*out, "No training-step rows in these runs.", ""]
     for device, shape, precision in configs:
-        rows = results.select("train_step", device=device, shape=shape, precision=precision)
+        rows = results.latest_per("train_step", "variant", device=device, shape=shape, precision=precision)
         base = results.one("train_step", device=device, shape=shape, precision=precision, variant="baseline")
         out += [f"### {device}, {precision}, {rows[0]['shape_label']}", ""]
         lines = [
@@ -227,9 +248,10 @@ def render(results: Results, command: str, figures: list[str]) -> str:
     out += ["Wall-clock times of the training jobs and of the test suite are in `RUN_TIMES.md`.", ""]
     out += _runs_section(results, command)
     out += _targets_section(results)
-    if not results.select("op", device="cuda"):
+    if not any(row.get("device") == "cuda" for row in results.rows):
         out += [NOT_MEASURED_GPU, ""]
     out += _op_section(results)
+    out += _backends_section(results)
     out += _interleaved_section(results)
     out += _step_section(results)
     if figures:
@@ -265,11 +287,17 @@ def main(argv: list[str]) -> int:
         if not path.is_file():
             parser.error(f"--json {path}: no such file")
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    paths = args.json or [_run_suite(args.output_dir, args.pytest_args)]
+    status = 0
+    paths = args.json
+    if not paths:
+        suite_json, status = _run_suite(args.output_dir, args.pytest_args)
+        paths = [suite_json]
     command = " ".join(["python benchmarks/report.py", *argv])
     path = write_report(results_module.load(paths), args.output_dir, command)
     print(f"wrote {path}")
-    return 0
+    if status != 0:
+        print(f"the benchmark suite exited with status {status}: the report covers the cases that ran", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

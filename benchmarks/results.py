@@ -2,7 +2,8 @@
 
 A row is a benchmark's ``extra_info`` (the case: ``kind``, ``op``, ``impl``, ``mode``, ``dtype``,
 ``device``, ``shape``, ``peak_extra_mib``, ``bytes_moved``...) plus its timing: ``median_s``,
-``min_s``, ``rounds``, and ``run``, the index of the file it came from.
+``min_s``, ``rounds``, ``run``, the index of the file it came from, and ``gpu``, the name of that run's
+CUDA device (``None`` without one): ratios are taken between rows of the same GPU.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ class Results:
         found = self.select(kind, **fields)
         return found[-1] if found else None
 
+    def latest_per(self, kind: str, key: str, **fields: Any) -> list[Row]:
+        """For each value of ``key`` among the rows :meth:`select` gives, the last such row, in first-seen order
+        (a case measured by two runs appears once, as the later run measured it)."""
+        latest: dict[Any, Row] = {}
+        for row in self.select(kind, **fields):
+            latest[row.get(key)] = row  # a key keeps its first position
+        return list(latest.values())
+
     def configs(self, kind: str, keys: tuple[str, ...]) -> list[tuple[Any, ...]]:
         """The distinct values of ``keys`` among rows of ``kind``, in first-seen order."""
         seen: dict[tuple[Any, ...], None] = {}
@@ -53,9 +62,10 @@ class Results:
             seen.setdefault(tuple(row.get(key) for key in keys), None)
         return list(seen)
 
-    def copy_bandwidth(self, device: str) -> float | None:
-        """Measured copy bandwidth of ``device`` in bytes/s (``bench_bandwidth.py``), or ``None``."""
-        row = self.one("copy", device=device)
+    def copy_bandwidth(self, device: str, gpu: str | None = None) -> float | None:
+        """Measured copy bandwidth of ``device`` in bytes/s (``bench_bandwidth.py``; for ``"cuda"``, measured on
+        the GPU named ``gpu``), or ``None``."""
+        row = self.one("copy", device=device, **({"gpu": gpu} if device == "cuda" else {}))
         return None if row is None else row["bytes_moved"] / row["median_s"]
 
 
@@ -93,6 +103,7 @@ def load(paths: list[Path]) -> Results:
                 rounds=int(stats["rounds"]),
                 run=index,
                 name=bench["name"],
+                gpu=machine.get("dropclass_fast", {}).get("cuda_device"),
             )
             results.rows.append(row)
     return results

@@ -162,18 +162,22 @@ def test_core_targets_are_judged_on_the_measured_ratios(cpp_s: float, cpp_mib: f
     assert gpu and set(gpu) == {"not measured"}
 
 
+MADE_UP_GPU = "NVIDIA Made Up"
+LOSS_ROW = {"kind": "op", "op": "dropclass_loss", "mode": "fwd+bwd", "dtype": "bfloat16", "device": "cuda",
+            "shape": "cityscapes", "shape_label": "B12", "B": 12, "K": 19, "C": 270, "h": 128, "w": 256, "H": 512,
+            "W": 1024, "bytes_moved": 3e9, "gpu": MADE_UP_GPU}  # fmt: skip
+
+
 def _gpu_rows() -> list[dict]:
     """Made-up CUDA rows: eager 100 ms / 200 MiB, compile 12.5 ms, triton 5 ms / 10 MiB moving 3 GB at 1 TB/s copy."""
-    loss = {"kind": "op", "op": "dropclass_loss", "mode": "fwd+bwd", "dtype": "bfloat16", "device": "cuda",
-            "shape": "cityscapes", "shape_label": "B12", "B": 12, "K": 19, "C": 270, "h": 128, "w": 256, "H": 512,
-            "W": 1024, "bytes_moved": 3e9}  # fmt: skip
+    loss = LOSS_ROW
     step = {"kind": "train_step", "device": "cuda", "shape": "cityscapes", "precision": "bf16-autocast",
-            "shape_label": "B12"}  # fmt: skip
+            "shape_label": "B12", "gpu": MADE_UP_GPU}  # fmt: skip
     return [
         {**loss, "impl": "eager", "median_s": 0.100, "min_s": 0.1, "peak_extra_mib": 200.0},
         {**loss, "impl": "compile", "median_s": 0.0125, "min_s": 0.0125, "peak_extra_mib": 150.0},
         {**loss, "impl": "triton", "median_s": 0.005, "min_s": 0.005, "peak_extra_mib": 10.0},
-        {"kind": "copy", "device": "cuda", "bytes_moved": 1e12, "median_s": 1.0, "min_s": 1.0},
+        {"kind": "copy", "device": "cuda", "bytes_moved": 1e12, "median_s": 1.0, "min_s": 1.0, "gpu": MADE_UP_GPU},
         {**step, "variant": "baseline", "median_s": 0.100, "min_s": 0.1, "peak_extra_mib": 1000.0},
         {**step, "variant": "official", "median_s": 0.150, "min_s": 0.15, "peak_extra_mib": 1500.0},
         {**step, "variant": "dropclass_fast", "median_s": 0.112, "min_s": 0.11, "peak_extra_mib": 900.0},
@@ -185,11 +189,17 @@ def test_gpu_targets_are_judged_on_the_measured_ratios() -> None:
     the step: 1.12x the baseline's time (> 1.10x), 0.9 of its memory; CUDA backend rows absent."""
     judged = {t.name: t.status for t in targets.evaluate(results.Results(rows=_gpu_rows()))}
     triton = {name.split("), ", 1)[1]: status for name, status in judged.items() if name.startswith("triton")}
+    floor = "within 2x of the bandwidth floor (bytes it must move / measured copy bandwidth)"
     assert triton == {
         "at least 10x eager (bfloat16)": "met",
         "peak extra memory at most 1/10 of eager's (bfloat16)": "met",
         "at least 3x torch.compile of eager (bfloat16)": "not met",
-        "within 2x of the bandwidth floor (bytes it must move / measured copy bandwidth) (bfloat16)": "met",
+        f"{floor} (bfloat16)": "met",
+        # no float32 rows: each target still has its line
+        "at least 10x eager (float32)": "not measured",
+        "peak extra memory at most 1/10 of eager's (float32)": "not measured",
+        "at least 3x torch.compile of eager (float32)": "not measured",
+        f"{floor} (float32)": "not measured",
     }
     assert {status for name, status in judged.items() if name.startswith("cuda:")} == {"not measured"}
     step = [status for name, status in judged.items() if name.startswith("GPU step")]
@@ -198,7 +208,8 @@ def test_gpu_targets_are_judged_on_the_measured_ratios() -> None:
 
 def _interleaved_step_row(fast_ratio: float) -> dict:
     return {"kind": "interleaved_step", "device": "cuda", "shape": "cityscapes", "precision": "bf16-autocast",
-            "rounds": 10, "baseline_ratio_median": 1.0, "baseline_ratio_min": 1.0, "baseline_ratio_max": 1.0,
+            "gpu": MADE_UP_GPU, "rounds": 10,
+            "baseline_ratio_median": 1.0, "baseline_ratio_min": 1.0, "baseline_ratio_max": 1.0,
             "official_ratio_median": 1.4, "official_ratio_min": 1.3, "official_ratio_max": 1.5,
             "dropclass_fast_ratio_median": fast_ratio, "dropclass_fast_ratio_min": 1.0,
             "dropclass_fast_ratio_max": 1.2}  # fmt: skip
@@ -211,7 +222,7 @@ def test_gpu_step_time_is_judged_on_the_interleaved_ratio(fast_ratio: float, sta
     (step_time,) = [t for t in targets.evaluate(results.Results(rows=rows)) if "step time" in t.name]
     assert step_time.status == status
     assert f"dropclass_fast {fast_ratio:.3f}x (1.00-1.20)" in step_time.measured
-    assert step_time.measured.startswith("112.00 ms vs 100.00 ms = 1.120x; interleaved: official 1.400x (1.30-1.50)")
+    assert step_time.measured.startswith("112 ms vs 100 ms = 1.120x; interleaved: official 1.400x (1.30-1.50)")
     text = report.render(results.Results(rows=rows), "report.py --json gpu.json", [])
     assert f"Steps timed back to back in every round (interleaved: official 1.400x (1.30-1.50), dropclass_fast " \
         f"{fast_ratio:.3f}x (1.00-1.20) the baseline's time, median of 10 rounds)." in text
@@ -222,9 +233,37 @@ def test_report_renders_gpu_rows_with_bandwidth() -> None:
     prefix = "| dropclass_loss | fwd+bwd | bfloat16 | triton |"
     triton = next(line for line in text.splitlines() if line.startswith(prefix))
     # 5.00 ms (min), 20x eager, 2.5x compile, 10 MiB = 0.05 of eager, 3 GB / 5 ms = 600 GB/s, 5 ms / 3 ms floor
-    assert triton.split(" | ")[4:] == ["5.00 (5.00)", "20.00", "2.50", "10.0", "0.050", "600.00", "1.7 |"]
+    assert triton.split(" | ")[4:] == ["5 (5)", "20.00", "2.50", "10.0", "0.050", "600.00", "1.7 |"]
     assert "Measured copy bandwidth on cuda: 1000.0 GB/s." in text
     assert report.NOT_MEASURED_GPU not in text
+
+
+def test_gpu_targets_name_what_is_missing_and_keep_to_one_gpu() -> None:
+    """A target whose input is absent says so instead of vanishing; a copy row of another GPU (or a row without
+    peak memory) does not feed a verdict."""
+    rows = [row for row in _gpu_rows() if row.get("impl") != "compile" and row["kind"] != "copy"]
+    rows.append({"kind": "copy", "device": "cuda", "bytes_moved": 1e12, "median_s": 2.0, "min_s": 2.0, "gpu": "Other"})
+    rows = [{k: v for k, v in row.items() if not (row.get("impl") == "triton" and k == "peak_extra_mib")}
+            for row in rows]  # fmt: skip
+    measured = {t.name.split("), ", 1)[1]: t for t in targets.evaluate(results.Results(rows=rows))
+                if t.name.startswith("triton")}  # fmt: skip
+    compile_line = measured["at least 3x torch.compile of eager (bfloat16)"]
+    assert (compile_line.status, compile_line.measured) == ("not measured", f"no compile row on {MADE_UP_GPU}")
+    floor_line = next(t for name, t in measured.items() if name.startswith("within 2x") and "bfloat16" in name)
+    assert (floor_line.status, floor_line.measured) == ("not measured", f"no copy-bandwidth row on {MADE_UP_GPU}")
+    assert measured["peak extra memory at most 1/10 of eager's (bfloat16)"].status == "not measured"
+    assert measured["at least 10x eager (bfloat16)"].status == "met"
+
+
+def test_report_lists_each_step_variant_once_and_compares_cuda_with_triton() -> None:
+    """Two runs measured the same step (the latest counts); triton and cuda rows of one case sit side by side."""
+    step_rows = [row for row in _gpu_rows() if row["kind"] == "train_step"]
+    later = [{**row, "median_s": row["median_s"] / 2, "min_s": row["min_s"] / 2} for row in step_rows]
+    cuda = {**LOSS_ROW, "impl": "cuda", "median_s": 0.004, "min_s": 0.004, "peak_extra_mib": 12.0}
+    text = report.render(results.Results(rows=[*_gpu_rows(), *later, cuda]), "report.py --json gpu.json", [])
+    step_lines = [line for line in text.splitlines() if line.startswith("| dropclass_fast |")]
+    assert len(step_lines) == 1 and "| 56 (55) |" in step_lines[0]
+    assert "| cityscapes | dropclass_loss | fwd+bwd | bfloat16 | 5 (5) | 4 (4) | 0.800 | cuda |" in text
 
 
 GPU_A, GPU_B, GPU_OLD = "NVIDIA Fake A", "NVIDIA Fake B", "NVIDIA Old"
