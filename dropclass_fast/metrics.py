@@ -4,6 +4,7 @@ IoU, mIoU, and the paper's subsets: ``mIoU†`` over the least frequent half of 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -22,8 +23,8 @@ class ConfusionMatrix:
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
@@ -48,12 +49,13 @@ class ConfusionMatrix:
         prediction = prediction.reshape(-1).to(target.device).long()
         valid = target != self.ignore_index
         target, prediction = target[valid], prediction[valid]
-        bad = (target < 0) | (target >= k) | (prediction < 0) | (prediction >= k)
-        if bool(bad.any()):
+        bad_target = (target < 0) | (target >= k)
+        bad_prediction = (prediction < 0) | (prediction >= k)
+        if bool((bad_target | bad_prediction).any()):
             raise ValueError(
                 f"target values must be in [0, {k}) or {self.ignore_index} and predictions in [0, {k}); got "
-                f"target {sorted(set(target[bad].unique().tolist()))}, "
-                f"prediction {sorted(set(prediction[bad].unique().tolist()))}"
+                f"target {target[bad_target].unique().tolist()}, "
+                f"prediction {prediction[bad_prediction].unique().tolist()}"
             )
         self.matrix += torch.bincount(target * k + prediction, minlength=k * k).view(k, k)
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from dropclass_fast import DropClass
 from dropclass_fast.analysis import (
     ErasedDataset,
     EvalOptions,
@@ -27,6 +28,7 @@ from dropclass_fast.analysis import (
     top_influential,
 )
 from dropclass_fast.analysis.cli import main
+from dropclass_fast.analysis.experiment import ExperimentConfig, _json_values
 from dropclass_fast.data import SegmentationDataset, SyntheticStreets, TrainTransform
 from dropclass_fast.metrics import vulnerability_order
 from dropclass_fast.models import build_model, predict
@@ -236,8 +238,13 @@ def test_batchnorm_recalibration_averages_the_batch_statistics():
     dataset = SyntheticStreets("train", length=4, size=(32, 64), seed=1)
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k
                and isinstance(v, torch.Tensor)}
+    (drop_path,) = [m for m in model.modules() if isinstance(m, DropClass)]
+    drop_path.step = 5
     recalibrate_batchnorm(model, dataset, batches=2, batch_size=2, seed=3)
     assert not model.training and model.bn1.momentum == 0.01
+    assert drop_path.step == 5  # the pass runs the drop path but is not a training step
+    with pytest.raises(ValueError, match=r"batch_size must be an int in \[1, 4\] .* got 5"):
+        recalibrate_batchnorm(model, dataset, batches=2, batch_size=5)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     # bn1 normalises conv1's output: its statistics are the average of the two batches' mean and unbiased variance
     sampler = ResumableSampler(4, 2, seed=3)
@@ -289,8 +296,9 @@ def test_command_line_frequency_and_bias(tmp_path, capsys):
         paths[method] = tmp_path / f"{method}.pt"
         torch.save(build_model("hrnet_v1", 8, dropclass=method == "dropclass").state_dict(), paths[method])
     assert main(["bias", "--synthetic-length", "2", "--synthetic-size", "32", "64", "--baseline",
-                 str(paths["baseline"]), "--dropclass", str(paths["dropclass"]), "--vulnerable-count", "4",
-                 "--frequency", "image", "--bn-batches", "1", "--batch-size", "2", "--crop-size", "32", "64",
+                 str(paths["baseline"]), "--dropclass", str(paths["dropclass"]),  # mIoU* over K // 2 = 4
+                 "--frequency", "image", "--bn-batches", "1", "--bn-batch-size", "2", "--batch-size", "2",
+                 "--crop-size", "32", "64",
                  "--output", str(tmp_path)]) == 0
     assert (tmp_path / "table_b1.md").read_text().splitlines()[2].startswith("| Baseline (I) | ")
     assert (tmp_path / "table_c2.md").read_text().splitlines()[2].startswith("| Instance % | ")
@@ -302,3 +310,37 @@ def test_command_line_frequency_and_bias(tmp_path, capsys):
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| person", "| rider"]
     with pytest.raises(ValueError, match="--classes must name classes of synthetic"):
         main(["probe", "--checkpoint", str(paths["dropclass"]), "--classes", "horse"])
+
+
+def test_command_line_refuses_options_before_any_work(tmp_path, capsys):
+    with pytest.raises(ValueError, match="--batch-size must be 1 for --dataset voc .* got 8"):
+        main(["bias", "--dataset", "voc", "--data-root", str(tmp_path / "absent"), "--baseline", "b.pt",
+              "--dropclass", "d.pt"])
+    with pytest.raises(SystemExit):  # erasing is the bias analysis's: probe has no --fill
+        main(["probe", "--checkpoint", "d.pt", "--classes", "person", "--fill", "mean"])
+    assert "unrecognized arguments: --fill mean" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("top_count", 8, r"top_count must be an int in \[1, 7\]"), ("vulnerable_count", 9, r"in \[1, 8\], got 9"),
+     ("fill", (1, 2), "fill must be 'mean' or an RGB triple"), ("probe_lr", 0.0, "probe_lr must be a positive")],
+)
+def test_experiment_config_refuses_values_that_would_fail_after_training(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig(**{field: value})
+
+
+def test_bias_vulnerability_checks_top_count_before_evaluating():
+    class Unusable(nn.Module):
+        def forward(self, images):
+            raise AssertionError("evaluated before the arguments were checked")
+
+    dataset = SyntheticStreets("val", length=2, size=(32, 64), seed=1)
+    with pytest.raises(ValueError, match=r"top_count must be an int in \[1, 7\] .* got 0"):
+        bias_vulnerability({"baseline": Unusable()}, dataset, "baseline", top_count=0, vulnerable_count=4)
+
+
+def test_analysis_json_values_have_no_nan():
+    value = {"iou": torch.tensor([0.5, float("nan")]), "probe": [{"iou_model": float("nan"), "name": "person"}]}
+    assert _json_values(value) == {"iou": [0.5, None], "probe": [{"iou_model": None, "name": "person"}]}

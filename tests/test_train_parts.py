@@ -163,8 +163,12 @@ def test_confusion_matrix_matches_numpy_on_random_data():
 
 def test_confusion_matrix_rejects_bad_input():
     cm = ConfusionMatrix(3)
-    with pytest.raises(ValueError, match=r"target \[5\]"):
+    with pytest.raises(ValueError, match=r"got target \[5\], prediction \[\]$"):  # the prediction 1 is valid
         cm.update(torch.tensor([0, 1]), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match=r"got target \[\], prediction \[-1\]$"):
+        cm.update(torch.tensor([0, -1]), torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 2.7"):
+        ConfusionMatrix(2.7)
     with pytest.raises(ValueError, match="same shape"):
         cm.update(torch.tensor([0, 1]), torch.tensor([0]))
     with pytest.raises(TypeError, match="integer tensors"):

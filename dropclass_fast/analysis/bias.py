@@ -20,7 +20,7 @@ from torch import nn
 from ..data import SegmentationDataset
 from ..metrics import mean_iou, subset_miou, vulnerability_order
 from ._evaluation import DEFAULT_EVAL, EvalOptions, confusion_of
-from .erase import ErasedDataset, Fill
+from .erase import ErasedDataset, Fill, check_fill
 
 
 def class_influence(
@@ -163,6 +163,9 @@ def bias_vulnerability(
     k = dataset.num_classes
     if not isinstance(vulnerable_count, int) or not 1 <= vulnerable_count <= k:
         raise ValueError(f"vulnerable_count must be an int in [1, {k}], got {vulnerable_count!r}")
+    if not isinstance(top_count, int) or not 1 <= top_count < k:
+        raise ValueError(f"top_count must be an int in [1, {k - 1}] (other classes), got {top_count!r}")
+    check_fill(fill)
     reference_iou, influence = class_influence(models[reference], dataset, fill, options)
     top = top_influential(influence, top_count)
     iou, iou_star = {}, {}

@@ -37,13 +37,19 @@ def _dataset_arguments(parser: argparse.ArgumentParser, split: str) -> None:
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=MODEL_NAMES, default="hrnet_v1")
-    parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch")
-    parser.add_argument("--fill", default="mean", help="erased pixels' colour: 'mean' or 'R,G,B'")
+    parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch (1 for --dataset voc)")
     parser.add_argument("--output", help="folder for the Markdown and CSV tables")
     parser.add_argument("--crop-size", type=int, nargs=2, default=(96, 192), metavar=("H", "W"),
                         help="random crops of the training split (probe training, --bn-batches)")
     parser.add_argument("--bn-batches", type=int, default=0,
                         help="re-estimate BatchNorm statistics over N training batches first (for short runs)")
+    parser.add_argument("--bn-batch-size", type=int, default=8, help="training crops per --bn-batches batch")
+
+
+def _eval_options(args: argparse.Namespace) -> EvalOptions:
+    if args.dataset == "voc" and args.batch_size != 1:
+        raise ValueError(f"--batch-size must be 1 for --dataset voc (its images differ in size), got {args.batch_size}")
+    return EvalOptions(batch_size=args.batch_size, workers=args.workers, limit=args.limit)
 
 
 def _training_split(args: argparse.Namespace) -> SegmentationDataset:
@@ -56,7 +62,7 @@ def _training_split(args: argparse.Namespace) -> SegmentationDataset:
 def _load(args: argparse.Namespace, num_classes: int, dropclass: bool, path: str) -> SegmentationModel:
     model = load_model(args.model, num_classes, dropclass, path)
     if args.bn_batches:
-        recalibrate_batchnorm(model, _training_split(args), args.bn_batches, args.batch_size)
+        recalibrate_batchnorm(model, _training_split(args), args.bn_batches, args.bn_batch_size)
     return model
 
 
@@ -105,13 +111,13 @@ def _frequency(args: argparse.Namespace) -> None:
 
 
 def _bias(args: argparse.Namespace) -> None:
+    options = _eval_options(args)
     dataset = _dataset(args)
     k = dataset.num_classes
+    vulnerable_count = k // 2 if args.vulnerable_count is None else args.vulnerable_count
+    fill = _fill(args.fill)
     models = {"baseline": _load(args, k, False, args.baseline), "dropclass": _load(args, k, True, args.dropclass)}
-    options = EvalOptions(batch_size=args.batch_size, workers=args.workers, limit=args.limit)
-    report = bias_vulnerability(
-        models, dataset, args.reference, args.top_count, args.vulnerable_count, _fill(args.fill), options
-    )
+    report = bias_vulnerability(models, dataset, args.reference, args.top_count, vulnerable_count, fill, options)
     labels = {"baseline": "Baseline", "dropclass": "Ours"}
     tables = {"table_b1": bias_table([report], labels)}
     if args.frequency:
@@ -124,14 +130,15 @@ def _bias(args: argparse.Namespace) -> None:
 
 
 def _probe(args: argparse.Namespace) -> None:
+    options = _eval_options(args)
     val_set = _dataset(args)
+    unknown = [name for name in args.classes if name not in val_set.class_names]
+    if unknown:
+        raise ValueError(f"--classes must name classes of {args.dataset} {val_set.class_names}, got {unknown}")
     train_set = _training_split(args)
     model = _load(args, val_set.num_classes, True, args.checkpoint)
-    options = EvalOptions(batch_size=args.batch_size, workers=args.workers, limit=args.limit)
     results = []
     for name in args.classes:
-        if name not in val_set.class_names:
-            raise ValueError(f"--classes must name classes of {args.dataset} {val_set.class_names}, got {name!r}")
         results.append(reconstruction_probe(
             model, train_set, val_set, val_set.class_names.index(name), iters=args.iters,
             batch_size=args.train_batch_size, lr=args.lr, options=options,
@@ -170,8 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     bias.add_argument("--baseline", required=True, help="baseline weights (model.pt or checkpoint.pt)")
     bias.add_argument("--dropclass", required=True, help="DropClass weights (model.pt or checkpoint.pt)")
     bias.add_argument("--reference", choices=MODELS, default="baseline", help="whose influences pick the Top-k")
+    bias.add_argument("--fill", default="mean", help="erased pixels' colour: 'mean' or 'R,G,B'")
     bias.add_argument("--top-count", type=int, default=3)
-    bias.add_argument("--vulnerable-count", type=int, default=9, help="classes in mIoU*")
+    bias.add_argument("--vulnerable-count", type=int,
+                      help="classes in mIoU* (default: K // 2, the paper's 9 on Cityscapes)")
     bias.add_argument("--frequency", choices=FREQUENCY_MODES, help="also Table C-2's layout by this frequency")
 
     probe = verbs.add_parser("probe", help="section A: reconstruct dropped classes from A_drop")

@@ -12,24 +12,29 @@ from ..data.transforms import check_pair
 Fill = str | Sequence[int]
 
 
+def check_fill(fill: object) -> Fill:
+    """``fill`` itself; ValueError unless it is ``"mean"`` or three integers in ``[0, 255]``."""
+    if isinstance(fill, str):
+        if fill == "mean":
+            return fill
+    elif isinstance(fill, (Sequence, np.ndarray)):
+        values = list(fill)
+        if len(values) == 3 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255 for v in values
+        ):
+            return fill
+    raise ValueError(f"fill must be 'mean' or an RGB triple of ints in [0, 255], got {fill!r}")
+
+
 def fill_colour(dataset: SegmentationDataset, fill: Fill = "mean") -> np.ndarray:
     """The RGB colour that replaces erased pixels, uint8 ``[3]``.
 
     ``fill`` is ``"mean"`` (the dataset's mean colour, which normalises to 0)
     or three integers in ``[0, 255]``.
     """
-    if isinstance(fill, str):
-        if fill != "mean":
-            raise ValueError(f"fill must be 'mean' or an RGB triple of ints in [0, 255], got {fill!r}")
+    if isinstance(check_fill(fill), str):
         return np.array([round(255 * m) for m in dataset.mean], dtype=np.uint8)
-    values = list(fill) if isinstance(fill, (Sequence, np.ndarray)) else None
-    if (
-        values is None
-        or len(values) != 3
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255 for v in values)
-    ):
-        raise ValueError(f"fill must be 'mean' or an RGB triple of ints in [0, 255], got {fill!r}")
-    return np.array(values, dtype=np.uint8)
+    return np.array(list(fill), dtype=np.uint8)
 
 
 def erase_classes(

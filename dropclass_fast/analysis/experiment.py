@@ -26,6 +26,7 @@ from ..train import TrainConfig, train
 from ..train.batchnorm import recalibrate_batchnorm
 from ._evaluation import EvalOptions, confusion_of
 from .bias import BiasReport, bias_vulnerability
+from .erase import check_fill
 from .frequency import class_frequency
 from .probe import ProbeResult, reconstruction_probe
 
@@ -104,6 +105,16 @@ class ExperimentConfig:
             raise ValueError(f"threads must be a positive int or None, got {self.threads!r}")
         if not isinstance(self.bn_batches, int) or self.bn_batches < 0:
             raise ValueError(f"bn_batches must be a non-negative int, got {self.bn_batches!r}")
+        classes = len(SyntheticStreets.class_names)
+        if not isinstance(self.top_count, int) or not 1 <= self.top_count < classes:
+            raise ValueError(f"top_count must be an int in [1, {classes - 1}] (other classes), got {self.top_count!r}")
+        if not isinstance(self.vulnerable_count, int) or not 1 <= self.vulnerable_count <= classes:
+            raise ValueError(f"vulnerable_count must be an int in [1, {classes}], got {self.vulnerable_count!r}")
+        check_fill(self.fill)
+        for name in ("probe_lr", "lr"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
         if not self.doc.endswith(".md"):
             raise ValueError(f"doc must be a Markdown file name ending in .md, got {self.doc!r}")
 
@@ -186,27 +197,36 @@ def run_seed(
     return result, models
 
 
+def _json_values(value: object) -> object:
+    """``value`` with tensors as (nested) lists and every NaN as ``None``: strict JSON has no NaN."""
+    if isinstance(value, torch.Tensor):
+        value = value.double().tolist()
+    if isinstance(value, dict):
+        return {key: _json_values(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_values(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 def _save_seed(result: SeedResult, path: Path) -> None:
     report = result.report
-
-    def values(tensor: torch.Tensor) -> list:
-        return [None if math.isnan(v) else v for v in tensor.double().reshape(-1).tolist()]
-
     content = {
         "seed": result.seed,
         "class_names": list(report.class_names),
         "reference": report.reference,
-        "top": [list(t) for t in report.top],
-        "influence": [values(row) for row in report.influence],
-        "iou": {m: values(v) for m, v in report.iou.items()},
-        "iou_star": {m: values(v) for m, v in report.iou_star.items()},
+        "top": report.top,
+        "influence": report.influence,
+        "iou": report.iou,
+        "iou_star": report.iou_star,
         "summary": {m: report.summary(m) for m in report.models},
         "probes": [{k: v for k, v in asdict(p).items() if k != "losses"} for p in result.probes],
         "seconds": result.seconds,
         "miou_trained_batchnorm_statistics": result.trained_miou,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2) + "\n")
+    path.write_text(json.dumps(_json_values(content), indent=2, allow_nan=False) + "\n")
 
 
 def run_experiment(config: ExperimentConfig, command: str) -> Path:

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from ..data import SegmentationDataset
 from ..models import SegmentationModel
+from ..module import DropClass
 from .sampler import ResumableSampler
 
 
@@ -31,10 +32,14 @@ def recalibrate_batchnorm(
         raise TypeError(f"model must be a SegmentationModel, got {type(model).__name__}")
     if not isinstance(batches, int) or batches < 1:
         raise ValueError(f"batches must be a positive int, got {batches!r}")
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= len(dataset):
+        raise ValueError(f"batch_size must be an int in [1, {len(dataset)}] (the dataset's items), got {batch_size!r}")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         raise ValueError(f"model {type(model).__name__} has no BatchNorm layer to recalibrate")
     momenta = [m.momentum for m in norms]
+    drop_paths = [m for m in model.modules() if isinstance(m, DropClass)]
+    steps = [m.step for m in drop_paths]  # the training-step count (a checkpointed state) is not this pass's
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative moving average: the mean over the batches seen
@@ -56,4 +61,6 @@ def recalibrate_batchnorm(
             epoch += 1
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
+    for drop_path, step in zip(drop_paths, steps):
+        drop_path.step = step
     return model.eval()
