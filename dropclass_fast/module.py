@@ -191,6 +191,8 @@ class DropClass(nn.Module):
         if not isinstance(features, torch.Tensor) or features.dim() != 4:
             shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
             raise ValueError(f"features must be a [B, C, h, w] tensor, got {shape}")
+        if not features.is_floating_point():
+            raise TypeError(f"features must be a floating tensor, got dtype {features.dtype}")
         if features.shape[1] != self.classifier.in_channels:
             raise ValueError(
                 f"features have C={features.shape[1]} channels but the classifier expects {self.classifier.in_channels}"

@@ -30,28 +30,35 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _importance(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``s`` in the accumulate dtype (float32; float64 for float64 weights)."""
+    w = weight.to(_compute_dtype(weight))
+    w = w.flatten(2).sum(2) if w.dim() > 2 else w
+    importance = torch.relu(w)
+    k = keep.to(importance.dtype)
+    return (k @ importance) / k.sum(-1, keepdim=True)
+
+
 def class_importance(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Channel weights ``s = sum_c keep_c * ReLU(W_c) / sum_c keep_c``.
 
     ``weight`` ``[K, C]`` or ``[K, C, kh, kw]`` (taps are summed first: the
     gradient of the class score at an interior pixel); ``keep`` ``[K]`` or
     ``[B, K]``. Returns ``s`` of shape ``[C]`` or ``[B, C]`` in the weight's
-    dtype; differentiable in ``weight``.
+    dtype (accumulated in float32, rounded once); differentiable in ``weight``.
     """
-    w = weight.flatten(2).sum(2) if weight.dim() > 2 else weight
-    importance = torch.relu(w)
-    k = keep.to(importance.dtype)
-    return (k @ importance) / k.sum(-1, keepdim=True)
+    return _importance(weight, keep).to(weight.dtype)
 
 
 def channel_mask(features: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``features * s`` with ``s = class_importance(weight, keep)`` broadcast over space.
 
-    ``features`` ``[B, C, h, w]``; returns the same shape and dtype.
+    ``features`` ``[B, C, h, w]``; returns the same shape and dtype (the product taken in float32 and rounded
+    once, as the kernels do).
     """
-    s = class_importance(weight, keep)
+    s = _importance(weight, keep)
     s = s.view(1, -1, 1, 1) if s.dim() == 1 else s[:, :, None, None]
-    return (features * s.to(features.dtype)).to(features.dtype)
+    return (features * s).to(features.dtype)
 
 
 def _upsample(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:

@@ -27,8 +27,9 @@ from dropclass_fast.analysis import (
     reconstruction_probe,
     top_influential,
 )
-from dropclass_fast.analysis.cli import main
+from dropclass_fast.analysis.cli import build_parser, main
 from dropclass_fast.analysis.experiment import ExperimentConfig, _json_values
+from dropclass_fast.analysis.frequency import paper_frequency_mode
 from dropclass_fast.data import SegmentationDataset, SyntheticStreets, TrainTransform
 from dropclass_fast.metrics import vulnerability_order
 from dropclass_fast.models import build_model, predict
@@ -296,7 +297,7 @@ def test_command_line_frequency_and_bias(tmp_path, capsys):
         paths[method] = tmp_path / f"{method}.pt"
         torch.save(build_model("hrnet_v1", 8, dropclass=method == "dropclass").state_dict(), paths[method])
     assert main(["bias", "--synthetic-length", "2", "--synthetic-size", "32", "64", "--baseline",
-                 str(paths["baseline"]), "--dropclass", str(paths["dropclass"]),  # mIoU* over K // 2 = 4
+                 str(paths["baseline"]), "--dropclass", str(paths["dropclass"]),  # mIoU* over min(9, K // 2) = 4
                  "--frequency", "image", "--bn-batches", "1", "--bn-batch-size", "2", "--batch-size", "2",
                  "--crop-size", "32", "64",
                  "--output", str(tmp_path)]) == 0
@@ -339,6 +340,11 @@ def test_bias_vulnerability_checks_top_count_before_evaluating():
     dataset = SyntheticStreets("val", length=2, size=(32, 64), seed=1)
     with pytest.raises(ValueError, match=r"top_count must be an int in \[1, 7\] .* got 0"):
         bias_vulnerability({"baseline": Unusable()}, dataset, "baseline", top_count=0, vulnerable_count=4)
+
+
+def test_frequency_defaults_to_the_papers_mode_per_dataset():
+    assert [paper_frequency_mode(name) for name in ("cityscapes", "voc", "synthetic")] == ["pixel", "image", "pixel"]
+    assert build_parser().parse_args(["frequency", "--dataset", "voc"]).mode is None  # resolved per dataset
 
 
 def test_analysis_json_values_have_no_nan():

@@ -219,6 +219,8 @@ def test_module_errors():
     dc = DropClass(nn.Conv2d(8, 5, 1)).train()
     with pytest.raises(ValueError, match="progress is required in training mode"):
         dc(torch.randn(2, 8, 4, 4))
+    with pytest.raises(TypeError, match="features must be a floating tensor, got dtype torch.int64"):
+        dc(torch.ones(2, 8, 4, 4, dtype=torch.long), progress=0.5)
     with pytest.raises(ValueError, match="features have C=7 channels but the classifier expects 8"):
         dc(torch.randn(2, 7, 4, 4), progress=0.5)
     with pytest.raises(ValueError, match="progress must be a number in \\[0, 1\\], got -0.1"):

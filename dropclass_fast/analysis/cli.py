@@ -17,7 +17,7 @@ from ..train.batchnorm import recalibrate_batchnorm
 from ._evaluation import EvalOptions
 from .bias import bias_vulnerability
 from .experiment import MODELS, ExperimentConfig, run_experiment
-from .frequency import FREQUENCY_MODES, class_frequency
+from .frequency import FREQUENCY_MODES, class_frequency, paper_frequency_mode
 from .probe import reconstruction_probe
 from .tables import Table, bias_table, frequency_table, probe_table
 
@@ -103,18 +103,19 @@ def _write(tables: dict[str, Table], output: str | None) -> None:
 
 def _frequency(args: argparse.Namespace) -> None:
     dataset = _dataset(args)
-    frequency = class_frequency(dataset, args.mode, workers=args.workers, limit=args.limit)
+    mode = args.mode or paper_frequency_mode(args.dataset)
+    frequency = class_frequency(dataset, mode, workers=args.workers, limit=args.limit)
     order = torch.sort(frequency, stable=True).indices.tolist()
-    label = "pixel %" if args.mode == "pixel" else "image %"
+    label = "pixel %" if mode == "pixel" else "image %"
     rows = tuple((dataset.class_names[c], (frequency[c : c + 1].numpy() * 100,)) for c in order)
-    _write({f"frequency_{args.mode}": Table((label,), rows, corner="class", decimals=2)}, args.output)
+    _write({f"frequency_{mode}": Table((label,), rows, corner="class", decimals=2)}, args.output)
 
 
 def _bias(args: argparse.Namespace) -> None:
     options = _eval_options(args)
     dataset = _dataset(args)
     k = dataset.num_classes
-    vulnerable_count = k // 2 if args.vulnerable_count is None else args.vulnerable_count
+    vulnerable_count = min(9, k // 2) if args.vulnerable_count is None else args.vulnerable_count
     fill = _fill(args.fill)
     models = {"baseline": _load(args, k, False, args.baseline), "dropclass": _load(args, k, True, args.dropclass)}
     report = bias_vulnerability(models, dataset, args.reference, args.top_count, vulnerable_count, fill, options)
@@ -168,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     frequency = verbs.add_parser("frequency", help="class frequency of a dataset split (one pass)")
     _dataset_arguments(frequency, "train")
-    frequency.add_argument("--mode", choices=FREQUENCY_MODES, default="pixel")
+    frequency.add_argument("--mode", choices=FREQUENCY_MODES,
+                           help="default: image (instance) frequency on voc, pixel frequency otherwise (the paper's)")
     frequency.add_argument("--output", help="folder for the Markdown and CSV tables")
 
     bias = verbs.add_parser("bias", help="Table B-1: bias vulnerability of a baseline and a DropClass model")
@@ -180,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     bias.add_argument("--fill", default="mean", help="erased pixels' colour: 'mean' or 'R,G,B'")
     bias.add_argument("--top-count", type=int, default=3)
     bias.add_argument("--vulnerable-count", type=int,
-                      help="classes in mIoU* (default: K // 2, the paper's 9 on Cityscapes)")
+                      help="classes in mIoU* (default: the paper's 9, or K // 2 where K < 18)")
     bias.add_argument("--frequency", choices=FREQUENCY_MODES, help="also Table C-2's layout by this frequency")
 
     probe = verbs.add_parser("probe", help="section A: reconstruct dropped classes from A_drop")

@@ -29,6 +29,11 @@ class _LabelCounts(Dataset):
         return torch.from_numpy(np.bincount(label, minlength=k))
 
 
+def paper_frequency_mode(dataset: str) -> str:
+    """The frequency the paper sorts ``dataset``'s classes by: image (instance) frequency on VOC, pixel otherwise."""
+    return "image" if dataset == "voc" else "pixel"
+
+
 def class_frequency(
     dataset: SegmentationDataset, mode: str = "pixel", workers: int = 0, limit: int | None = None
 ) -> torch.Tensor:
