@@ -126,18 +126,19 @@ def _targets_section(results: Results) -> list[str]:
 
 def _op_section(results: Results) -> list[str]:
     out = ["## Ops: time, peak memory, bandwidth", ""]
-    for device, shape in results.configs("op", ("device", "shape")):
-        rows = results.select("op", device=device, shape=shape)
-        copy_bandwidth = results.copy_bandwidth(device, rows[-1]["gpu"])
+    for device, shape, gpu in results.configs("op", ("device", "shape", "gpu")):
+        on_gpu = {"gpu": gpu} if device == "cuda" else {}
+        rows = results.select("op", device=device, shape=shape, **on_gpu)
+        copy_bandwidth = results.copy_bandwidth(device, gpu)
         sizes = rows[0]
         out += [
-            f"### {device}, shape `{shape}`: B={sizes['B']}, K={sizes['K']}, C={sizes['C']}, "
-            f"logits {sizes['h']}x{sizes['w']} -> labels {sizes['H']}x{sizes['W']}",
+            f"### {gpu if device == 'cuda' else device}, shape `{shape}`: B={sizes['B']}, K={sizes['K']}, "
+            f"C={sizes['C']}, logits {sizes['h']}x{sizes['w']} -> labels {sizes['H']}x{sizes['W']}",
             "",
         ]
         lines = []
         for op, mode, dtype in results.configs("op", ("op", "mode", "dtype")):
-            where = {"device": device, "shape": shape, "op": op, "mode": mode, "dtype": dtype}
+            where = {"device": device, "shape": shape, "op": op, "mode": mode, "dtype": dtype, **on_gpu}
             eager, compiled = results.one("op", impl="eager", **where), results.one("op", impl="compile", **where)
             for impl in IMPL_ORDER:
                 row = results.one("op", impl=impl, **where)
@@ -213,13 +214,14 @@ def _interleaved_section(results: Results) -> list[str]:
 
 def _step_section(results: Results) -> list[str]:
     out = ["## Training step (HRNet-W18-small-v2)", ""]
-    configs = results.configs("train_step", ("device", "shape", "precision"))
+    configs = results.configs("train_step", ("device", "shape", "precision", "gpu"))
     if not configs:
         return [*out, "No training-step rows in these runs.", ""]
-    for device, shape, precision in configs:
-        rows = results.latest_per("train_step", "variant", device=device, shape=shape, precision=precision)
-        base = results.one("train_step", device=device, shape=shape, precision=precision, variant="baseline")
-        out += [f"### {device}, {precision}, {rows[0]['shape_label']}", ""]
+    for device, shape, precision, gpu in configs:
+        where = {"device": device, "shape": shape, "precision": precision, **({"gpu": gpu} if device == "cuda" else {})}
+        rows = results.latest_per("train_step", "variant", **where)
+        base = results.one("train_step", variant="baseline", **where)
+        out += [f"### {gpu if device == 'cuda' else device}, {precision}, {rows[0]['shape_label']}", ""]
         lines = [
             [
                 row["variant"],
@@ -234,7 +236,7 @@ def _step_section(results: Results) -> list[str]:
         header = ["variant", "loss/DropClass backend", "median ms (min)", "/ baseline time", "peak extra MiB",
                   "/ baseline memory"]  # fmt: skip
         out += [*_table(header, lines), ""]
-        interleaved = results.one("interleaved_step", device=device, shape=shape, precision=precision)
+        interleaved = results.one("interleaved_step", **where)
         if interleaved is not None:
             text = targets_module.interleaved_step_text(interleaved)
             out += [f"Steps timed back to back in every round ({text}).", ""]

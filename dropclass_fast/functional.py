@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 from . import _backend, _ops, reference
@@ -31,7 +32,8 @@ __all__ = [
 ]
 
 
-_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+#: The integer dtypes the kernels read as labels (and indices).
+LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def _require_tensor(name: str, value: object) -> torch.Tensor:
@@ -65,7 +67,7 @@ def _require_same_device(name: str, tensor: torch.Tensor, other_name: str, other
 
 def _check_target(target: object, logits: torch.Tensor) -> torch.Tensor:
     target = _require_tensor("target", target)
-    if target.dtype not in _LABEL_DTYPES:
+    if target.dtype not in LABEL_DTYPES:
         raise TypeError(
             f"target must be an integer tensor (uint8, int8, int16, int32 or int64), got dtype {target.dtype}"
         )
@@ -133,7 +135,7 @@ def check_progress(progress: object) -> float:
 
 def check_alpha(alpha: object) -> float:
     """``alpha`` as a float; ValueError unless it is a finite non-negative number."""
-    if not _is_number(alpha) or not (math.isfinite(alpha) and alpha >= 0):
+    if not _is_number(alpha) or not 0 <= alpha < math.inf:  # comparisons (NaN fails them) trace under torch.compile
         raise ValueError(f"alpha must be a finite non-negative number, got {alpha!r}")
     return float(alpha)
 
@@ -147,9 +149,9 @@ def check_ignore_index(ignore_index: object) -> int:
 
 def check_align_corners(align_corners: object) -> bool:
     """``align_corners`` itself; TypeError unless it is a bool."""
-    if not isinstance(align_corners, bool):
+    if not isinstance(align_corners, (bool, np.bool_)):
         raise TypeError(f"align_corners must be a bool, got {align_corners!r}")
-    return align_corners
+    return bool(align_corners)
 
 
 def _implementation(op: str, tensor: torch.Tensor) -> str:

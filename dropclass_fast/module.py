@@ -122,7 +122,7 @@ class DropClass(nn.Module):
             rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
             indices = range(rank * batch_size, (rank + 1) * batch_size)
         else:
-            if not isinstance(sample_index, torch.Tensor) or sample_index.is_floating_point():
+            if not isinstance(sample_index, torch.Tensor) or sample_index.dtype not in dcf.LABEL_DTYPES:
                 raise TypeError(f"sample_index must be an integer tensor, got {sample_index!r}")
             if sample_index.shape != (batch_size,):
                 raise ValueError(f"sample_index must have shape [B]=[{batch_size}], got {tuple(sample_index.shape)}")

@@ -149,3 +149,18 @@ def test_torch_compile_fullgraph_matches_eager(cpp_backend, backend, device):
     torch.testing.assert_close(got, want)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w)
+
+
+def test_torch_compile_fullgraph_with_scalar_arguments_that_vary(cpp_backend):
+    """progress, alpha and ignore_index that change between calls become symbolic (dynamic=True): their checks
+    must trace (comparisons, not math.isfinite)."""
+    torch._dynamo.reset()
+    compiled = torch.compile(dcf.dropclass_loss, fullgraph=True, dynamic=True)
+    logits = torch.randn(2, 4, 5, 7)
+    target = torch.randint(0, 4, (2, 19, 27))
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    with dropclass_fast.set_backend("cpp"):
+        for progress, alpha in ((0.2, 10.0), (0.6, 3.5)):
+            got, _ = compiled(logits, logits * 0.5, target, keep, progress, alpha)
+            want, _ = dcf.dropclass_loss(logits, logits * 0.5, target, keep, progress, alpha)
+            torch.testing.assert_close(got, want)

@@ -266,6 +266,17 @@ def test_report_lists_each_step_variant_once_and_compares_cuda_with_triton() -> 
     assert "| cityscapes | dropclass_loss | fwd+bwd | bfloat16 | 5 (5) | 4 (4) | 0.800 | cuda |" in text
 
 
+def test_report_op_tables_keep_each_gpu_apart() -> None:
+    """A later run on another GPU gets its own table: its triton row is not divided by the first GPU's eager row."""
+    other = {**LOSS_ROW, "impl": "triton", "median_s": 0.0025, "min_s": 0.0025, "peak_extra_mib": 10.0, "gpu": "Other"}
+    text = report.render(results.Results(rows=[*_gpu_rows(), other]), "report.py --json a.json --json b.json", [])
+    sections = text.split("### ")
+    (mine,) = [section for section in sections if section.startswith(f"{MADE_UP_GPU}, shape `cityscapes`")]
+    (theirs,) = [section for section in sections if section.startswith("Other, shape `cityscapes`")]
+    assert "| dropclass_loss | fwd+bwd | bfloat16 | triton | 5 (5) | 20.00 |" in mine
+    assert "| dropclass_loss | fwd+bwd | bfloat16 | triton | 2.5 (2.5) | - | - |" in theirs
+
+
 GPU_A, GPU_B, GPU_OLD = "NVIDIA Fake A", "NVIDIA Fake B", "NVIDIA Old"
 #: (op, impl, dtype) -> median ms on GPU A, fwd+bwd at the Cityscapes shape. channel_mask: triton 2 ms vs cuda 4 ms;
 #: seg_cross_entropy: 6 vs 2; dropclass_loss: triton wins float32 (1 vs 2) but loses the sum (1 + 5 = 6 vs 2 + 3 = 5);

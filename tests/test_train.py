@@ -90,8 +90,22 @@ def test_resume_refuses_a_different_run(tmp_path):
         train(TrainConfig(**SMALL, method="dropclass", iters=2, output=str(tmp_path), resume="auto"))
     with pytest.raises(ValueError, match="it was trained with amp='none', this run has amp='fp16'"):
         train(TrainConfig(**SMALL, method="baseline", iters=2, output=str(tmp_path), resume="auto", amp="fp16"))
-    with pytest.raises(ValueError, match=r"it was trained with lr=0.0\d+, this run has lr=5.0"):
+    with pytest.raises(ValueError, match=r"it was trained with lr=None, this run has lr=5.0"):
         train(TrainConfig(**SMALL, method="baseline", iters=2, output=str(tmp_path), resume="auto", lr=5.0))
+    # alpha weighs L_sup, which the baseline does not have: it does not stop a baseline from resuming
+    train(TrainConfig(**SMALL, method="baseline", iters=2, output=str(tmp_path), resume="auto", alpha=3.0))
+
+
+def test_resume_accepts_a_checkpoint_whose_settings_this_version_refuses(tmp_path):
+    """A run saved by a version that allowed both iters and epochs resumes (without epochs): the saved settings
+    are compared, not validated again."""
+    train(TrainConfig(**SMALL, method="baseline", iters=2, stop_after=1, output=str(tmp_path)))
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    state["config"]["epochs"] = 7
+    torch.save(state, path)
+    result = train(TrainConfig(**SMALL, method="baseline", iters=2, output=str(tmp_path), resume="auto"))
+    assert result.iteration == 2
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         missing = str(tmp_path / "nothing.pt")
         train(TrainConfig(**SMALL, method="baseline", iters=2, output=str(tmp_path), resume=missing))

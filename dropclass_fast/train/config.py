@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 MODELS = ("hrnet_v1", "hrnet_v2", "deeplabv3")
@@ -118,16 +118,29 @@ class TrainConfig:
     def recipe(self) -> Recipe:
         return RECIPES[(self.dataset, self.model)]
 
-    def resume_settings(self, world_size: int) -> dict[str, Any]:
-        """What a resumed run must share with the run that wrote the checkpoint to continue it exactly
-        (the effective learning rate and crop, whether given or the recipe's)."""
-        return {
+    @classmethod
+    def saved(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config of a saved run (``to_dict``), fields it lacks at their defaults, without the checks of
+        ``__post_init__``: an older version may have allowed what this one refuses."""
+        config = cls.__new__(cls)
+        for spec in fields(cls):
+            default = spec.default_factory() if spec.default_factory is not MISSING else spec.default
+            setattr(config, spec.name, values.get(spec.name, default))
+        return config
+
+    def resume_settings(self) -> dict[str, Any]:
+        """What a resumed run must share with the run that wrote the checkpoint to continue it exactly (with the
+        same processes and batch, which are checked apart): the given learning rate (None: the recipe's) and the
+        effective crop."""
+        settings = {
             "dataset": self.dataset, "dataset_options": self.dataset_options, "model": self.model,
-            "method": self.method, "seed": self.seed, "per_sample": self.per_sample,
-            "lr": self.learning_rate(world_size), "crop_size": self.crop(), "momentum": self.momentum,
-            "weight_decay": self.weight_decay, "poly_power": self.poly_power, "alpha": self.alpha, "amp": self.amp,
-            "channels_last": self.channels_last,
+            "method": self.method, "seed": self.seed, "per_sample": self.per_sample, "lr": self.lr,
+            "crop_size": self.crop(), "momentum": self.momentum, "weight_decay": self.weight_decay,
+            "poly_power": self.poly_power, "amp": self.amp, "channels_last": self.channels_last,
         }
+        if self.method == "dropclass":
+            settings["alpha"] = self.alpha  # the baseline has no L_sup
+        return settings
 
     def per_process_batch(self) -> int:
         """The batch per process: ``batch_size``, else the recipe's global batch over its process count."""

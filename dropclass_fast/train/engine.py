@@ -201,6 +201,14 @@ class _Run:
 
     def restore(self, path: str) -> None:
         state = load_checkpoint(path)
+        saved = TrainConfig.saved(state["config"]).resume_settings()
+        ours = self.config.resume_settings()
+        for key, value in ours.items():
+            if saved.get(key) != value:
+                raise ValueError(
+                    f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, this run has "
+                    f"{key}={value!r}"
+                )
         if (state["world_size"], state["batch_size"], state["total_iterations"]) != (
             self.context.world_size, self.batch_size, self.total,
         ):
@@ -209,14 +217,6 @@ class _Run:
                 f"{state['batch_size']} for {state['total_iterations']} iterations, this run "
                 f"{self.context.world_size} x {self.batch_size} for {self.total}"
             )
-        saved = TrainConfig(**state["config"]).resume_settings(state["world_size"])
-        ours = self.config.resume_settings(self.context.world_size)
-        for key, value in ours.items():
-            if saved[key] != value:
-                raise ValueError(
-                    f"cannot resume from {path}: it was trained with {key}={saved[key]!r}, this run has "
-                    f"{key}={value!r}"
-                )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
