@@ -8,7 +8,7 @@ memory or registers than this GPU has).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TypeVar
 
 import triton
@@ -17,6 +17,7 @@ from triton.runtime.errors import OutOfResources
 from ._common import INTERPRET
 
 Config = TypeVar("Config")
+Result = TypeVar("Result")
 
 _chosen: dict[Hashable, object] = {}
 
@@ -39,25 +40,32 @@ def pick(key: Hashable, candidates: Sequence[Config], run: Callable[[Config], ob
 
 
 def _first_launching(candidates: Sequence[Config], run: Callable[[Config], object]) -> Config:
-    error: OutOfResources | None = None
-    for config in candidates:
-        try:
-            run(config)
-        except OutOfResources as exc:
-            error = exc
-        else:
-            return config
-    raise error  # type: ignore[misc]
+    config, _ = next(_launching(candidates, run))
+    return config
 
 
 def _fastest(candidates: Sequence[Config], run: Callable[[Config], object]) -> Config:
-    times: dict[int, float] = {}
+    def milliseconds(config: Config) -> float:
+        return triton.testing.do_bench(lambda: run(config), warmup=5, rep=20)
+
+    config, _ = min(_launching(candidates, milliseconds), key=lambda launched: launched[1])
+    return config
+
+
+def _launching(
+    candidates: Sequence[Config], attempt: Callable[[Config], Result]
+) -> Iterator[tuple[Config, Result]]:
+    """``(config, attempt(config))`` for each candidate the GPU can launch, in order; the last ``OutOfResources``
+    once the candidates are exhausted if none launched."""
     error: OutOfResources | None = None
-    for index, config in enumerate(candidates):
+    launched = False
+    for config in candidates:
         try:
-            times[index] = triton.testing.do_bench(lambda config=config: run(config), warmup=5, rep=20)
+            result = attempt(config)
         except OutOfResources as exc:
             error = exc
-    if not times:
+            continue
+        launched = True
+        yield config, result
+    if not launched:
         raise error  # type: ignore[misc]
-    return candidates[min(times, key=times.__getitem__)]
