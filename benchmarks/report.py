@@ -25,7 +25,7 @@ from pathlib import Path
 import plots
 import results as results_module
 import targets as targets_module
-from results import Results, Row
+from results import Results, Row, on_device
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -127,8 +127,7 @@ def _targets_section(results: Results) -> list[str]:
 def _op_section(results: Results) -> list[str]:
     out = ["## Ops: time, peak memory, bandwidth", ""]
     for device, shape, gpu in results.configs("op", ("device", "shape", "gpu")):
-        on_gpu = {"gpu": gpu} if device == "cuda" else {}
-        rows = results.select("op", device=device, shape=shape, **on_gpu)
+        rows = results.select("op", shape=shape, **on_device(device, gpu))
         copy_bandwidth = results.copy_bandwidth(device, gpu)
         sizes = rows[0]
         out += [
@@ -138,7 +137,7 @@ def _op_section(results: Results) -> list[str]:
         ]
         lines = []
         for op, mode, dtype in results.configs("op", ("op", "mode", "dtype")):
-            where = {"device": device, "shape": shape, "op": op, "mode": mode, "dtype": dtype, **on_gpu}
+            where = {"shape": shape, "op": op, "mode": mode, "dtype": dtype, **on_device(device, gpu)}
             eager, compiled = results.one("op", impl="eager", **where), results.one("op", impl="compile", **where)
             for impl in IMPL_ORDER:
                 row = results.one("op", impl=impl, **where)
@@ -218,7 +217,7 @@ def _step_section(results: Results) -> list[str]:
     if not configs:
         return [*out, "No training-step rows in these runs.", ""]
     for device, shape, precision, gpu in configs:
-        where = {"device": device, "shape": shape, "precision": precision, **({"gpu": gpu} if device == "cuda" else {})}
+        where = {"shape": shape, "precision": precision, **on_device(device, gpu)}
         rows = results.latest_per("train_step", "variant", **where)
         base = results.one("train_step", variant="baseline", **where)
         out += [f"### {gpu if device == 'cuda' else device}, {precision}, {rows[0]['shape_label']}", ""]

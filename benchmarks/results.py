@@ -16,6 +16,12 @@ from typing import Any
 Row = dict[str, Any]
 
 
+def on_device(device: str, gpu: str | None) -> dict[str, Any]:
+    """The fields that select rows measured on ``device``: on ``"cuda"`` also the GPU's name, so that ratios are
+    taken between rows of one GPU."""
+    return {"device": device, **({"gpu": gpu} if device == "cuda" else {})}
+
+
 @dataclass
 class Run:
     """One JSON file: when and where it ran, and what with."""
@@ -65,7 +71,7 @@ class Results:
     def copy_bandwidth(self, device: str, gpu: str | None = None) -> float | None:
         """Measured copy bandwidth of ``device`` in bytes/s (``bench_bandwidth.py``; for ``"cuda"``, measured on
         the GPU named ``gpu``), or ``None``."""
-        row = self.one("copy", device=device, **({"gpu": gpu} if device == "cuda" else {}))
+        row = self.one("copy", **on_device(device, gpu))
         return None if row is None else row["bytes_moved"] / row["median_s"]
 
 
