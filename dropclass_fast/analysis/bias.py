@@ -142,6 +142,16 @@ class BiasReport:
         return result
 
 
+def check_protocol(num_classes: int, top_count: int, vulnerable_count: int, fill: Fill) -> None:
+    """ValueError naming the argument unless ``top_count`` is in ``[1, K - 1]`` (other classes),
+    ``vulnerable_count`` in ``[1, K]`` and ``fill`` a valid colour: checked before any evaluation pass."""
+    if not isinstance(top_count, int) or not 1 <= top_count < num_classes:
+        raise ValueError(f"top_count must be an int in [1, {num_classes - 1}] (other classes), got {top_count!r}")
+    if not isinstance(vulnerable_count, int) or not 1 <= vulnerable_count <= num_classes:
+        raise ValueError(f"vulnerable_count must be an int in [1, {num_classes}], got {vulnerable_count!r}")
+    check_fill(fill)
+
+
 def bias_vulnerability(
     models: Mapping[str, nn.Module],
     dataset: SegmentationDataset,
@@ -161,11 +171,7 @@ def bias_vulnerability(
     if reference not in models:
         raise ValueError(f"reference must be one of the models {list(models)}, got {reference!r}")
     k = dataset.num_classes
-    if not isinstance(vulnerable_count, int) or not 1 <= vulnerable_count <= k:
-        raise ValueError(f"vulnerable_count must be an int in [1, {k}], got {vulnerable_count!r}")
-    if not isinstance(top_count, int) or not 1 <= top_count < k:
-        raise ValueError(f"top_count must be an int in [1, {k - 1}] (other classes), got {top_count!r}")
-    check_fill(fill)
+    check_protocol(k, top_count, vulnerable_count, fill)
     reference_iou, influence = class_influence(models[reference], dataset, fill, options)
     top = top_influential(influence, top_count)
     iou, iou_star = {}, {}

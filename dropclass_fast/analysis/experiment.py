@@ -25,8 +25,7 @@ from ..metrics import mean_iou
 from ..train import TrainConfig, train
 from ..train.batchnorm import recalibrate_batchnorm
 from ._evaluation import EvalOptions, confusion_of
-from .bias import BiasReport, bias_vulnerability
-from .erase import check_fill
+from .bias import BiasReport, bias_vulnerability, check_protocol
 from .frequency import class_frequency
 from .probe import ProbeResult, reconstruction_probe
 
@@ -105,12 +104,7 @@ class ExperimentConfig:
             raise ValueError(f"threads must be a positive int or None, got {self.threads!r}")
         if not isinstance(self.bn_batches, int) or self.bn_batches < 0:
             raise ValueError(f"bn_batches must be a non-negative int, got {self.bn_batches!r}")
-        classes = len(SyntheticStreets.class_names)
-        if not isinstance(self.top_count, int) or not 1 <= self.top_count < classes:
-            raise ValueError(f"top_count must be an int in [1, {classes - 1}] (other classes), got {self.top_count!r}")
-        if not isinstance(self.vulnerable_count, int) or not 1 <= self.vulnerable_count <= classes:
-            raise ValueError(f"vulnerable_count must be an int in [1, {classes}], got {self.vulnerable_count!r}")
-        check_fill(self.fill)
+        check_protocol(len(SyntheticStreets.class_names), self.top_count, self.vulnerable_count, self.fill)
         for name in ("probe_lr", "lr"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
