@@ -136,15 +136,19 @@ def run_case(benchmark: Any, memory_worker: peak_memory.MemoryWorker) -> Callabl
 
         runner, first_call_s = _build(case)
         benchmark.extra_info["first_call_s"] = round(first_call_s, 3)
-        _time(benchmark, runner)
-        runner.clear()
-        if case["device"] == "cuda":
-            benchmark.extra_info["peak_extra_mib"] = round(peak_memory.cuda_peak_extra_mib(runner), 3)
-            benchmark.extra_info["peak_method"] = "torch.cuda.max_memory_allocated minus memory_allocated before"
-        else:
-            del runner  # free the inputs before the child makes its own
-            memory = memory_worker.measure(case)
-            benchmark.extra_info["peak_extra_mib"] = round(memory["peak_extra_mib"], 3)
-            benchmark.extra_info["peak_method"] = "child process: " + memory["method"]
+        try:
+            _time(benchmark, runner)
+            runner.clear()
+            if case["device"] == "cuda":
+                benchmark.extra_info["peak_extra_mib"] = round(peak_memory.cuda_peak_extra_mib(runner), 3)
+                benchmark.extra_info["peak_method"] = "torch.cuda.max_memory_allocated minus memory_allocated before"
+            else:
+                del runner  # free the inputs before the child makes its own
+                memory = memory_worker.measure(case)
+                benchmark.extra_info["peak_extra_mib"] = round(memory["peak_extra_mib"], 3)
+                benchmark.extra_info["peak_method"] = "child process: " + memory["method"]
+        except BaseException:  # a failure or an interrupt: pytest-benchmark writes rows with has_error nowhere
+            benchmark.has_error = True
+            raise
 
     return run

@@ -7,17 +7,20 @@ Usage (from the repository root)::
     python benchmarks/report.py --output-dir /tmp/report -- -k "not train_step"   # pytest arguments after --
 
 Running the suite writes its pytest-benchmark JSON to ``<output-dir>/results.json`` (the report's
-input, kept beside it). The report (``<output-dir>/RESULTS.md``, default ``benchmarks/``) has: the
-runs (device, date, torch/triton versions, command), the targets with met / not met / not measured,
-the op tables (time, speedup over eager and ``torch.compile``, peak memory; achieved bandwidth against
-the bytes each op must move and the measured copy bandwidth), the interleaved fused-versus-eager
-timing, the training steps, and ``speedup.png`` and ``train_step.png``.
+input, kept beside it). An interrupt (Ctrl-C, ``timeout -s INT``) stops the suite at the running case
+and the report covers the cases that finished; a second interrupt aborts without a report. The report
+(``<output-dir>/RESULTS.md``, default ``benchmarks/``) has: the runs (device, date, torch/triton
+versions, command), the targets with met / not met / not measured, the op tables (time, speedup over
+eager and ``torch.compile``, peak memory; achieved bandwidth against the bytes each op must move and
+the measured copy bandwidth), the interleaved fused-versus-eager timing, the training steps, and
+``speedup.png`` and ``train_step.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +75,23 @@ def _run_suite(output_dir: Path, pytest_args: list[str]) -> tuple[Path, int]:
     ]  # fmt: skip
     print("running:", " ".join(command), flush=True)
     json_path.unlink(missing_ok=True)
-    proc = subprocess.run(command, cwd=REPO_ROOT, check=False)
+    # Its own session: an interrupt reaches pytest once, from here, however it was sent to this process.
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True)
+    try:
+        status = proc.wait()
+    except KeyboardInterrupt:
+        print("interrupted: stopping the suite; the report will cover the cases that finished (interrupt again to "
+              "abort)", file=sys.stderr, flush=True)  # fmt: skip
+        proc.send_signal(signal.SIGINT)
+        try:
+            status = proc.wait()
+        except KeyboardInterrupt:
+            proc.kill()
+            proc.wait()
+            raise
     if not json_path.is_file():
-        raise SystemExit(f"the benchmark suite failed (exit status {proc.returncode}) and wrote no JSON; no report")
-    return json_path, proc.returncode
+        raise SystemExit(f"the benchmark suite failed (exit status {status}) and wrote no JSON; no report")
+    return json_path, status
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -95,6 +96,32 @@ def test_report_writes_results_md_and_pngs_from_the_smoke_run(smoke_json: Path, 
     assert text.count("**not measured**") >= 3 + 2 * 4  # GPU step targets, Triton and CUDA kernel targets
     for name in ("speedup.png", "train_step.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_an_interrupted_suite_run_still_reports_the_cases_that_finished(tmp_path: Path) -> None:
+    """SIGINT to report.py while the suite runs: the cases that finished are reported, each with its peak
+    memory; the case cut short is left out, and the exit status is pytest's (2, interrupted)."""
+    env = {**os.environ, "DROPCLASS_BENCH_SMOKE": "1", "DROPCLASS_BENCH_DEVICES": "cpu", "DROPCLASS_BENCH_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    selected = len(cases.MODES) * len(cases.DTYPES) * len(CPU_IMPLS)  # seg_cross_entropy op cases
+    command = [sys.executable, str(BENCH_DIR / "report.py"), "--output-dir", str(tmp_path), "--", "-v",
+               "-k", "test_op and seg_cross_entropy"]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "PASSED" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    output = "".join(seen) + proc.communicate(timeout=300)[0]
+    assert proc.returncode == 2, output[-4000:]
+    assert "Traceback" not in output.split("interrupted: stopping the suite")[0], output[-4000:]
+    rows = results.load([tmp_path / "results.json"]).select("op")
+    assert 1 <= len(rows) < selected, output[-4000:]
+    assert all(row["peak_extra_mib"] >= 0 for row in rows), rows
+    assert (tmp_path / "RESULTS.md").read_text().count("| seg_cross_entropy |") == len(rows)
 
 
 def test_official_style_loss_equals_the_reference_dropclass_loss() -> None:
