@@ -231,6 +231,8 @@ def test_probe_runs_end_to_end_on_a_tiny_model():
     assert table[2].startswith("| road | ") and table[2].count("±") == 4
     with pytest.raises(TypeError, match="must be a SegmentationModel with DropClass"):
         reconstruction_probe(build_model("hrnet_v1", 8, dropclass=False), train_set, val, 1)
+    with pytest.raises(ValueError, match="lr must be a positive finite number, got inf"):
+        reconstruction_probe(model, train_set, val, dropped_class=1, lr=float("inf"))
 
 
 def test_batchnorm_recalibration_averages_the_batch_statistics():
@@ -325,7 +327,8 @@ def test_command_line_refuses_options_before_any_work(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("top_count", 8, r"top_count must be an int in \[1, 7\]"), ("vulnerable_count", 9, r"in \[1, 8\], got 9"),
-     ("fill", (1, 2), "fill must be 'mean' or an RGB triple"), ("probe_lr", 0.0, "probe_lr must be a positive")],
+     ("fill", (1, 2), "fill must be 'mean' or an RGB triple"), ("probe_lr", 0.0, "probe_lr must be a positive"),
+     ("lr", True, "lr must be a positive finite number, got True")],
 )
 def test_experiment_config_refuses_values_that_would_fail_after_training(field, value, message):
     with pytest.raises(ValueError, match=message):

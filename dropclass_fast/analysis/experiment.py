@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data import SyntheticStreets, TrainTransform
 from ..metrics import mean_iou
-from ..train import TrainConfig, train
+from ..train import TrainConfig, check_learning_rate, train
 from ..train.batchnorm import recalibrate_batchnorm
 from ._evaluation import EvalOptions, confusion_of
 from .bias import BiasReport, bias_vulnerability, check_protocol
@@ -105,10 +105,9 @@ class ExperimentConfig:
         if not isinstance(self.bn_batches, int) or self.bn_batches < 0:
             raise ValueError(f"bn_batches must be a non-negative int, got {self.bn_batches!r}")
         check_protocol(len(SyntheticStreets.class_names), self.top_count, self.vulnerable_count, self.fill)
-        for name in ("probe_lr", "lr"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        check_learning_rate("probe_lr", self.probe_lr)
+        if self.lr is not None:
+            check_learning_rate("lr", self.lr)
         if not self.doc.endswith(".md"):
             raise ValueError(f"doc must be a Markdown file name ending in .md, got {self.doc!r}")
 

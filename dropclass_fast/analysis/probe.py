@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from .. import functional as dcf
 from ..data import SegmentationDataset
 from ..models import SegmentationModel
-from ..train import ResumableSampler, poly_lr
+from ..train import ResumableSampler, check_learning_rate, poly_lr
 from ._evaluation import DEFAULT_EVAL, EvalOptions, confusion_of
 
 
@@ -111,8 +111,7 @@ def reconstruction_probe(
     for name, value in (("iters", iters), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    check_learning_rate("lr", lr)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

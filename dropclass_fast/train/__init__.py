@@ -7,7 +7,7 @@ checkpoints, exact resume, a CSV log and per-class IoU at the end.
 
 from .checkpoint import load_checkpoint, save_atomic
 from .cli import main
-from .config import RECIPES, Recipe, TrainConfig, build_parser, config_from_args
+from .config import RECIPES, Recipe, TrainConfig, build_parser, check_learning_rate, config_from_args
 from .engine import TrainResult, evaluate, poly_lr, train
 from .sampler import ResumableSampler
 
@@ -18,6 +18,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_parser",
+    "check_learning_rate",
     "config_from_args",
     "evaluate",
     "load_checkpoint",

@@ -12,6 +12,13 @@ METHODS = ("baseline", "dropclass")
 AMP_MODES = ("none", "bf16", "fp16")
 
 
+def check_learning_rate(name: str, value: object) -> float:
+    """``value`` as a float; ValueError naming ``name`` unless it is a finite positive number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A dataset/model recipe: ``batch_size`` and ``lr`` over ``reference_world`` processes (Table E-3)."""
@@ -101,8 +108,8 @@ class TrainConfig:
         for name in ("checkpoint_every", "eval_every", "workers", "bn_recalibration"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.lr is not None:
+            check_learning_rate("lr", self.lr)
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
             raise ValueError(f"crop_size must be two positive integers (H, W), got {self.crop_size}")
         if self.iters is not None and self.epochs is not None:
