@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from op_inputs import make_keep, make_target
 
 import dropclass_fast
 from dropclass_fast import _extension, reference
@@ -66,24 +67,6 @@ def _cuda_backend():
 
 def _generator() -> torch.Generator:
     return torch.Generator(device="cuda").manual_seed(0)
-
-
-def make_keep(mode: str, batch: int, classes: int, generator: torch.Generator) -> torch.Tensor | None:
-    if mode == "none":
-        return None
-    if mode == "batch":
-        keep = torch.ones(classes, device="cuda")
-        keep[torch.randperm(classes, device="cuda", generator=generator)[: max(1, classes // 4)]] = 0
-        return keep
-    keep = (torch.rand(batch, classes, device="cuda", generator=generator) > 0.3).float()
-    keep[:, 0] = 1
-    return keep
-
-
-def make_target(batch, classes, size, generator, dtype=torch.int64) -> torch.Tensor:
-    target = torch.randint(0, classes, (batch, *size), device="cuda", generator=generator)
-    target[torch.rand(batch, *size, device="cuda", generator=generator) < 0.1] = 255
-    return target.to(dtype)
 
 
 def loss_and_grad(fn, logits: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:

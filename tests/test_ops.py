@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from op_inputs import make_keep, make_target
 
 import dropclass_fast
 from dropclass_fast import functional as dcf
@@ -24,24 +25,6 @@ SEG_SHAPES = [
     (2, 21, (16, 15), (16, 15)),
     (1, 150, (9, 13), (33, 41)),
 ]
-
-
-def make_keep(mode: str, batch: int, num_classes: int) -> torch.Tensor | None:
-    if mode == "none":
-        return None
-    if mode == "batch":
-        keep = torch.ones(num_classes)
-        keep[torch.randperm(num_classes)[: max(1, num_classes // 4)]] = 0
-        return keep
-    keep = (torch.rand(batch, num_classes) > 0.3).float()
-    keep[:, 0] = 1
-    return keep
-
-
-def make_target(batch: int, num_classes: int, size: tuple[int, int], dtype=torch.int64) -> torch.Tensor:
-    target = torch.randint(0, num_classes, (batch, *size))
-    target[torch.rand(batch, *size) < 0.1] = 255
-    return target.to(dtype)
 
 
 def _upcast(x: torch.Tensor | None) -> torch.Tensor | None:

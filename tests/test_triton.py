@@ -6,6 +6,9 @@ the same tests run the compiled kernels on CUDA tensors.
 
 from __future__ import annotations
 
+import functools
+
+import op_inputs
 import pytest
 import torch
 
@@ -19,6 +22,8 @@ triton_backend = pytest.importorskip("dropclass_fast.triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not triton_backend.INTERPRET:
     pytest.skip("no CUDA device and TRITON_INTERPRET=1 was not set before import", allow_module_level=True)
+make_keep = functools.partial(op_inputs.make_keep, device=DEVICE)
+make_target = functools.partial(op_inputs.make_target, device=DEVICE)
 
 # logits (B, K, h, w) -> labels (H, W): non-integer factors both ways, several bands and column tiles, identity, and
 # downsampling (source pixels no output touches).
@@ -30,24 +35,6 @@ SHAPES = [
     (2, 4, (9, 11), (5, 7)),
 ]
 HALF_RTOL = {torch.float16: 2e-3, torch.bfloat16: 2e-2}
-
-
-def make_keep(mode: str, batch: int, num_classes: int) -> torch.Tensor | None:
-    if mode == "none":
-        return None
-    if mode == "batch":
-        keep = torch.ones(num_classes)
-        keep[1] = 0
-        return keep.to(DEVICE)
-    keep = (torch.rand(batch, num_classes) > 0.4).float()
-    keep[:, 0] = 1
-    return keep.to(DEVICE)
-
-
-def make_target(batch: int, num_classes: int, size: tuple[int, int], dtype=torch.int64) -> torch.Tensor:
-    target = torch.randint(0, num_classes, (batch, *size))
-    target[torch.rand(batch, *size) < 0.1] = 255
-    return target.to(dtype).to(DEVICE)
 
 
 def make_logits(batch, num_classes, size, dtype=torch.float32, channels_last=False) -> torch.Tensor:
