@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dropclass_fast.train import TrainConfig, load_checkpoint, train
+from dropclass_fast.train import TrainConfig, engine, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny synthetic dataset and crop: every run here takes seconds.
@@ -128,8 +128,18 @@ def _ddp_worker(rank: int, world_size: int, port: int, output: str) -> None:
          "LOCAL_RANK": str(rank)}
     )
     torch.set_num_threads(1)
+    losses = []
+    step = engine._Run._step
+
+    def recording_step(self, images, labels):
+        parts = step(self, images, labels)
+        losses.append(float(parts["loss"]))
+        return parts
+
+    engine._Run._step = recording_step
     result = train(TrainConfig(**SMALL, method="dropclass", iters=3, output=output))
-    torch.save({"iou": result.iou, "model": result.model.state_dict()}, Path(output) / f"rank{rank}.pt")
+    torch.save({"iou": result.iou, "model": result.model.state_dict(), "losses": losses},
+               Path(output) / f"rank{rank}.pt")
 
 
 def test_ddp_two_processes_with_gloo(tmp_path):
@@ -145,8 +155,13 @@ def test_ddp_two_processes_with_gloo(tmp_path):
     for key, value in ranks[0]["model"].items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, ranks[1]["model"][key]), key
-    rows = (tmp_path / "log.csv").read_text().splitlines()[1:]
+    header, *rows = (tmp_path / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows] == ["1", "2", "3"]
+    # each rank's loss is that of its own shard: the log has their mean
+    logged = [float(r.split(",")[header.split(",").index("loss")]) for r in rows]
+    per_rank = [ranks[r]["losses"] for r in range(2)]
+    assert per_rank[0] != per_rank[1]
+    assert logged == pytest.approx([(a + b) / 2 for a, b in zip(*per_rank)], rel=1e-5)
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

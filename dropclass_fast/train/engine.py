@@ -251,11 +251,13 @@ class _Run:
                 started = time.perf_counter()
                 parts = self._step(images, labels)
                 self.iteration += 1
-                if log is not None and (self.iteration % config.log_every == 0 or self.iteration == stop):
-                    row = self._log_row(epoch, parts, time.perf_counter() - started)
-                    log.write(row)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", refresh=False)
+                if self.iteration % config.log_every == 0 or self.iteration == stop:
+                    parts = self._mean_over_ranks(parts)  # every rank: a collective
+                    if log is not None:
+                        row = self._log_row(epoch, parts, time.perf_counter() - started)
+                        log.write(row)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", refresh=False)
                 if bar is not None:
                     bar.update(1)
                 if config.checkpoint_every and self.iteration % config.checkpoint_every == 0 and self.iteration < stop:
@@ -311,6 +313,14 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
+
+    def _mean_over_ranks(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The loss terms averaged over the processes (each rank's are those of its own shard of the batch)."""
+        if not self.context.distributed:
+            return parts
+        stacked = torch.stack([value.float() for value in parts.values()])
+        dist.all_reduce(stacked)
+        return dict(zip(parts, stacked / self.context.world_size))
 
     def _log_row(self, epoch: int, parts: dict[str, torch.Tensor], seconds: float) -> dict[str, float | int]:
         done = self.iteration - 1
