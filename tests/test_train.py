@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from dropclass_fast.models.checkpoints import read_state_dict
 from dropclass_fast.train import TrainConfig, engine, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, method):
     # ... and a kill loses what came after it: put the iteration-2 checkpoint back
     state = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     assert state["iteration"] == 3
+    # the analysis commands read the model out of a checkpoint with torch.load(weights_only=True)
+    weights = read_state_dict(tmp_path / "resumed" / "checkpoint.pt")
+    assert weights.keys() == state["model"].keys()
     train(TrainConfig(**common, output=str(tmp_path / "two"), stop_after=2))
     os.replace(tmp_path / "two" / "checkpoint.pt", tmp_path / "resumed" / "checkpoint.pt")
     resumed = train(TrainConfig(**common, output=str(tmp_path / "resumed"), resume="auto"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import random
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from dropclass_fast.metrics import ConfusionMatrix, format_iou_table, mean_iou
 from dropclass_fast.train import ResumableSampler, TrainConfig, load_checkpoint, poly_lr, save_atomic
+from dropclass_fast.train.checkpoint import rng_state, set_rng_state
 from dropclass_fast.train.config import build_parser, config_from_args
 from dropclass_fast.train.logger import CsvLog
 
@@ -108,6 +110,22 @@ def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
         save_atomic({"model": {}, "iteration": 4, "bad": lambda: None}, path)
     assert load_checkpoint(path)["iteration"] == 3
     assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def _draws() -> tuple:
+    return random.random(), float(np.random.rand()), np.random.randn(), float(torch.rand(()))
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    np.random.randn()  # leaves a cached Gaussian in NumPy's state
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = _draws()
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert _draws() == expected
+    legacy = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    expected = _draws()
+    set_rng_state(legacy)  # the NumPy state tuple that checkpoints of earlier versions hold
+    assert _draws() == expected
 
 
 def test_load_checkpoint_errors_name_the_file(tmp_path):

@@ -47,21 +47,30 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def rng_state() -> dict[str, Any]:
-    """The state of Python's, NumPy's, torch's CPU and (if used) CUDA generators."""
+    """The state of Python's, NumPy's, torch's CPU and (if used) CUDA generators, in types that
+    ``torch.load(weights_only=True)`` reads (NumPy's state as a dict of a tensor and Python scalars)."""
+    name, key, position, has_gauss, cached_gaussian = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
-    }
+    }  # fmt: skip
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restores what :func:`rng_state` captured."""
+    """Restores what :func:`rng_state` captured (also the NumPy state tuple that earlier versions saved)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (
+            numpy_state["bit_generator"], numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"],
+            numpy_state["has_gauss"], numpy_state["cached_gaussian"],
+        )  # fmt: skip
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
