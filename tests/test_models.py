@@ -232,7 +232,11 @@ def test_attach_dropclass_to_a_baseline_hrnet_equals_the_built_in_dropclass_hrne
     report = load_official_checkpoint(baseline, to_official_state_dict(built_in))
     assert sorted(report.unexpected) == sorted(k for k in to_official_state_dict(built_in) if "clsdrop" in k)
     wrapper = attach_dropclass(baseline, classifier="last_layer.3")
-    wrapper.dropclass.load_state_dict(built_in.dropclass.state_dict())
+    assert baseline.dropclass is wrapper.dropclass and baseline.num_classes == 19
+    # an official DropClass file now fills the attached DropClass: classifier and select layer
+    report = load_official_checkpoint(baseline, to_official_state_dict(built_in))
+    assert not (report.missing or report.unexpected or report.shape_mismatch), report
+    assert to_official_state_dict(baseline).keys() == to_official_state_dict(built_in).keys()
     images = torch.randn(2, 3, 32, 32)
     keep = torch.ones(19).index_fill_(0, torch.tensor([4]), 0.0)
     expected, out = built_in.train()(images, keep=keep), wrapper.train()(images, keep=keep)
@@ -251,6 +255,10 @@ def test_attach_dropclass_errors():
     wrapper = attach_dropclass(toy, classifier="head.cls").train()
     with pytest.raises(ValueError, match="already attached"):
         attach_dropclass(toy, classifier="head.cls")
+    with pytest.raises(ValueError, match="'head.cls.dropclass.classifier' is inside the DropClass at 'head.cls'"):
+        attach_dropclass(toy, classifier="head.cls.dropclass.classifier")
+    with pytest.raises(ValueError, match="inside the DropClass at 'last_layer.3'"):
+        attach_dropclass(_hrnet_v1(), classifier="last_layer.3.classifier")
     with pytest.raises(ValueError, match="progress is required"):
         wrapper(torch.randn(1, 3, 8, 8))
     with pytest.raises(RuntimeError, match="outside the wrapper"):

@@ -137,6 +137,14 @@ def attach_dropclass(model: nn.Module, classifier: str, **dropclass_kwargs: Any)
     conv = modules[classifier]
     if isinstance(conv, AttachedClassifier):
         raise ValueError(f"DropClass is already attached at classifier={classifier!r}")
+    parts = classifier.split(".")
+    for depth in range(len(parts)):  # the model and the classifier's ancestors
+        name = ".".join(parts[:depth])
+        if isinstance(modules[name], (DropClass, AttachedClassifier)):
+            raise ValueError(
+                f"classifier={classifier!r} is inside the DropClass at {name or 'the model itself'!r}: the model "
+                f"already has DropClass"
+            )
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"classifier={classifier!r} must name an nn.Conv2d, got {type(conv).__name__}")
     parent_name, _, child_name = classifier.rpartition(".")

@@ -56,14 +56,18 @@ class SegmentationModel(nn.Module):
 
     @property
     def dropclass(self) -> DropClass | None:
-        """The :class:`DropClass` around the classifier, or ``None`` for a baseline."""
+        """The :class:`DropClass` around the classifier (built in, or put there by ``attach_dropclass``), or
+        ``None`` for a baseline."""
         final = self.head()[-1]
-        return final if isinstance(final, DropClass) else None
+        if isinstance(final, DropClass):
+            return final
+        attached = getattr(final, "dropclass", None)  # an AttachedClassifier (attach.py builds on this module)
+        return attached if isinstance(attached, DropClass) else None
 
     @property
     def num_classes(self) -> int:
-        final = self.head()[-1]
-        return final.num_classes if isinstance(final, DropClass) else final.out_channels
+        dropclass = self.dropclass
+        return dropclass.num_classes if dropclass is not None else self.head()[-1].out_channels
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``A``, the input of the final classifier, ``[B, C, h, w]`` in the images' dtype."""

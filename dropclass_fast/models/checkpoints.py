@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ..module import DropClass
 from .deeplabv3 import DeepLabV3
 from .hrnet import HRNet
 
@@ -124,8 +123,18 @@ def load_mapped(
     return report
 
 
+def _dropclass_prefix(model: nn.Module) -> str | None:
+    """The name prefix of the model's DropClass (``last_layer.3.`` built in, ``last_layer.3.dropclass.`` put
+    there by ``attach_dropclass``), or ``None`` for a baseline."""
+    dropclass = model.dropclass
+    if dropclass is None:
+        return None
+    return next(name for name, module in model.named_modules() if module is dropclass) + "."
+
+
 def _hrnet_classifier_prefix(model: HRNet) -> str:
-    return _HRNET_CLASSIFIER + ("classifier." if isinstance(model.dropclass, DropClass) else "")
+    prefix = _dropclass_prefix(model)
+    return _HRNET_CLASSIFIER if prefix is None else prefix + "classifier."
 
 
 def load_official_checkpoint(
@@ -135,14 +144,14 @@ def load_official_checkpoint(
 
     ``_classifier.*`` and ``last_layer.3.*`` go to the classifier
     (``last_layer.3.classifier.*`` with DropClass), ``clsdrop_conv1.*`` /
-    ``clsdrop_bn1.*`` to ``last_layer.3.select.0/1.*``; a ``model.`` prefix
-    (HRNet-Semantic-Segmentation's ``FullModel``) is stripped. The DropClass
+    ``clsdrop_bn1.*`` to ``last_layer.3.select.0/1.*`` (under
+    ``last_layer.3.dropclass.`` when ``attach_dropclass`` put the DropClass
+    there); a ``model.`` prefix (HRNet-Semantic-Segmentation's ``FullModel``) is stripped. The DropClass
     ``step``/``seed`` (``_extra_state``, absent from official files) keep their values.
     """
     if not isinstance(model, HRNet):
         raise TypeError(f"model must be an HRNet (build_model('hrnet_v1'/'hrnet_v2')), got {type(model).__name__}")
-    classifier = _hrnet_classifier_prefix(model)
-    dropclass = model.dropclass is not None
+    classifier, dropclass = _hrnet_classifier_prefix(model), _dropclass_prefix(model)
 
     def rename(key: str) -> str:
         key = key.removeprefix("model.")
@@ -150,8 +159,8 @@ def load_official_checkpoint(
             if key.startswith(official):
                 return classifier + key.removeprefix(official)
         for official, ours in _OFFICIAL_DROPCLASS.items():
-            if dropclass and key.startswith(official):
-                return _HRNET_CLASSIFIER + ours + key.removeprefix(official)
+            if dropclass is not None and key.startswith(official):
+                return dropclass + ours + key.removeprefix(official)
         return key
 
     return load_mapped(model, read_state_dict(path_or_state_dict), rename, strict)
@@ -162,8 +171,8 @@ def to_official_state_dict(model: HRNet) -> dict[str, torch.Tensor]:
     without the DropClass ``_extra_state``; the inverse of :func:`load_official_checkpoint`'s mapping."""
     if not isinstance(model, HRNet):
         raise TypeError(f"model must be an HRNet, got {type(model).__name__}")
-    classifier = _hrnet_classifier_prefix(model)
-    inverse = {_HRNET_CLASSIFIER + ours: official for official, ours in _OFFICIAL_DROPCLASS.items()}
+    classifier, dropclass = _hrnet_classifier_prefix(model), _dropclass_prefix(model)
+    inverse = {dropclass + ours: official for official, ours in _OFFICIAL_DROPCLASS.items() if dropclass is not None}
     inverse[classifier] = _OFFICIAL_CLASSIFIER
     result = {}
     for key, value in model.state_dict().items():
@@ -180,19 +189,19 @@ def load_torchvision_checkpoint(
     """Loads a torchvision ``deeplabv3_mobilenet_v3_large`` (or ImageNet ``mobilenet_v3_large``) state dict.
 
     Names are torchvision's; with DropClass, ``classifier.4.*`` goes to
-    ``classifier.4.classifier.*``; ``features.*`` (an ImageNet MobileNetV3)
+    ``classifier.4.classifier.*`` (``classifier.4.dropclass.classifier.*`` when
+    ``attach_dropclass`` put it there); ``features.*`` (an ImageNet MobileNetV3)
     to ``backbone.*``. fp16 files load into the model's dtype.
     """
     if not isinstance(model, DeepLabV3):
         raise TypeError(f"model must be a DeepLabV3 (build_model('deeplabv3')), got {type(model).__name__}")
-    head = "classifier.4."
-    dropclass = model.dropclass is not None
+    head, dropclass = "classifier.4.", _dropclass_prefix(model)
 
     def rename(key: str) -> str:
         if key.startswith("features."):
             return "backbone." + key.removeprefix("features.")
-        if dropclass and key.startswith(head):
-            return head + "classifier." + key.removeprefix(head)
+        if dropclass is not None and key.startswith(head):
+            return dropclass + "classifier." + key.removeprefix(head)
         return key
 
     return load_mapped(model, read_state_dict(path_or_state_dict), rename, strict)
