@@ -15,6 +15,7 @@ from dropclass_fast.models import (
     HRNet,
     attach_dropclass,
     build_model,
+    check_backbone_loaded,
     load_official_checkpoint,
     load_torchvision_checkpoint,
     predict,
@@ -244,6 +245,20 @@ def test_attach_dropclass_to_a_baseline_hrnet_equals_the_built_in_dropclass_hrne
         torch.testing.assert_close(getattr(out, name), getattr(expected, name))
     with torch.no_grad():
         torch.testing.assert_close(wrapper.eval()(images), built_in.eval()(images))
+
+
+def test_check_backbone_loaded_accepts_a_backbone_file_and_refuses_another_model():
+    model = _hrnet_v1(dropclass=False)
+    backbone = {k: v for k, v in _hrnet_v1(seed=1).state_dict().items()
+                if not k.startswith("last_layer.") and not k.endswith("num_batches_tracked")}  # fmt: skip
+    check_backbone_loaded(model, load_official_checkpoint(model, backbone), "backbone.pt")  # an ImageNet-like file
+    report = load_official_checkpoint(model, build_model("hrnet_v2", num_classes=19, dropclass=False).state_dict())
+    assert report.loaded  # the stems agree: some tensors load
+    with pytest.raises(ValueError, match=r"v2.pt does not fit this HRNet: \d+ backbone tensors"):
+        check_backbone_loaded(model, report, "v2.pt")
+    deeplab = build_model("deeplabv3", num_classes=5, dropclass=False)
+    head_only = {k: v for k, v in deeplab.state_dict().items() if k.startswith("backbone.")}
+    check_backbone_loaded(deeplab, load_torchvision_checkpoint(deeplab, head_only), "mobilenet.pt")
 
 
 def test_attach_dropclass_errors():

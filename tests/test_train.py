@@ -193,6 +193,10 @@ def test_pretrained_weights_are_loaded_before_training(tmp_path, capsys):
     assert "loaded" in capsys.readouterr().out
     bias = result.model.dropclass.classifier.bias
     torch.testing.assert_close(bias, torch.full_like(bias, 0.25), rtol=0, atol=1e-6)
+    torch.save(build_model("deeplabv3", num_classes=8, dropclass=False).state_dict(), tmp_path / "other_model.pt")
+    with pytest.raises(ValueError, match="other_model.pt.* does not fit this HRNet: 355 backbone tensors"):
+        train(TrainConfig(**SMALL, method="dropclass", iters=1, pretrained=str(tmp_path / "other_model.pt"),
+                          output=str(tmp_path / "wrong")))
 
 
 def test_bn_recalibration_replaces_the_running_statistics_before_evaluating(tmp_path):

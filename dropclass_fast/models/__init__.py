@@ -14,6 +14,7 @@ from .base import SegmentationModel, predict
 from .build import MODEL_NAMES, build_model
 from .checkpoints import (
     LoadReport,
+    check_backbone_loaded,
     load_official_checkpoint,
     load_torchvision_checkpoint,
     read_state_dict,
@@ -36,6 +37,7 @@ __all__ = [
     "DeepLabV3",
     "deeplabv3_mobilenet_v3_large",
     "LoadReport",
+    "check_backbone_loaded",
     "load_official_checkpoint",
     "load_torchvision_checkpoint",
     "read_state_dict",

@@ -123,6 +123,24 @@ def load_mapped(
     return report
 
 
+def check_backbone_loaded(model: HRNet | DeepLabV3, report: LoadReport, source: str) -> None:
+    """``ValueError`` naming ``source`` unless ``report`` (of a load into ``model``) loaded every tensor of the
+    backbone: all but the segmentation head (``last_layer.*`` of an HRNet, ``classifier.*`` of a DeepLabV3),
+    which a pretrained file may lack or size for other classes. BatchNorm ``num_batches_tracked`` counters,
+    absent from older files, do not count."""
+    head = "last_layer." if isinstance(model, HRNet) else "classifier."
+    gaps = [
+        key
+        for key in report.missing + report.shape_mismatch
+        if not key.startswith(head) and not key.endswith("num_batches_tracked")
+    ]
+    if gaps:
+        raise ValueError(
+            f"{source} does not fit this {type(model).__name__}: {len(gaps)} backbone tensors are missing from it "
+            f"or have other shapes ({', '.join(gaps[:4])}{', ...' if len(gaps) > 4 else ''}); {report}"
+        )
+
+
 def _dropclass_prefix(model: nn.Module) -> str | None:
     """The name prefix of the model's DropClass (``last_layer.3.`` built in, ``last_layer.3.dropclass.`` put
     there by ``attach_dropclass``), or ``None`` for a baseline."""

@@ -24,7 +24,13 @@ from .. import functional as dcf
 from ..data import EvalTransform, TrainTransform, build_dataset
 from ..loss import DropClassLoss
 from ..metrics import ConfusionMatrix, format_iou_table, mean_iou
-from ..models import build_model, load_official_checkpoint, load_torchvision_checkpoint, predict
+from ..models import (
+    build_model,
+    check_backbone_loaded,
+    load_official_checkpoint,
+    load_torchvision_checkpoint,
+    predict,
+)
 from ..module import DropClassOutput, mix_seed
 from .batchnorm import recalibrate_batchnorm
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -167,6 +173,7 @@ class _Run:
         if config.pretrained:
             loader = load_torchvision_checkpoint if config.model == "deeplabv3" else load_official_checkpoint
             report = loader(model, config.pretrained)
+            check_backbone_loaded(model, report, f"pretrained={config.pretrained!r}")
             if self.context.is_main:
                 print(f"loaded {config.pretrained}: {report}")
         model = model.to(self.context.device)
