@@ -41,7 +41,8 @@ bench: $(STAMP)
 bench-report: $(STAMP)
 	$(PY) benchmarks/report.py
 
-# On a CUDA machine whose $(GPU_PYTHON) already holds a CUDA build of torch (nothing is downloaded):
+# On a CUDA machine whose $(GPU_PYTHON) already holds a CUDA build of torch and triton, pytest,
+# pytest-benchmark, numpy, pillow, matplotlib, tqdm and ninja (nothing is downloaded):
 # build the CUDA kernels in place, run the GPU tests (pytest marker gpu: CUDA and Triton kernels at full
 # size, compute-sanitizer), and benchmark at the paper's shapes. gpu-bench merges its run with the CPU
 # run in benchmarks/results.json into benchmarks/RESULTS.md and records the faster of the Triton and

@@ -45,7 +45,9 @@ class set_backend:  # noqa: N801 - used as a function, like torch.set_grad_enabl
     * ``"cpp"``: the C++ CPU kernels (CPU tensors).
     * ``"eager"``: :mod:`dropclass_fast.reference`.
 
-    A backend that cannot run raises RuntimeError when an op is called.
+    A backend that cannot run raises when an op is called: ValueError for
+    ``"cpp"`` with non-CPU tensors, RuntimeError otherwise (no GPU, no
+    Triton, the extension not built, a device the backend does not run on).
     ``deterministic=True`` makes the Triton kernels use fixed block sizes
     instead of measured ones, so results are bit-identical run to run;
     ``torch.use_deterministic_algorithms(True)`` does the same. ``None``

@@ -20,7 +20,7 @@ class DropClassLoss(nn.Module):
     ``forward(out, target, progress)`` takes the :class:`DropClassOutput` of
     :class:`DropClass`, integer labels ``[B, H, W]`` and the training progress
     in ``[0, 1]``, and returns ``(total, {"ce", "ce_drop", "sup"})`` (weighted
-    terms, 0-dim float32).
+    terms, 0-dim float32; float64 for float64 logits).
     """
 
     def __init__(self, alpha: float = 10.0, ignore_index: int = 255, align_corners: bool = False) -> None:

@@ -69,6 +69,14 @@ def test_command_line_builds_the_config():
         config_from_args(parser.parse_args([]))
 
 
+def test_command_line_help_names_the_defaults():
+    text = " ".join(build_parser(("cityscapes", "synthetic"), "x").format_help().split())
+    for shown in ("--model {hrnet_v1,hrnet_v2,deeplabv3} (default: hrnet_v2)", "(default: dropclass)",
+                  "--alpha ALPHA weight of L_sup (default: 10.0)", "(default: 1000)", "(default: cityscapes)"):
+        assert shown in text, shown
+    assert "(default: False)" not in text and "(default: True)" not in text  # switches say nothing
+
+
 def test_poly_lr_matches_the_formula():
     assert poly_lr(0.01, 0, 100) == 0.01
     assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5**0.9)

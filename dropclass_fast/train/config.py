@@ -172,7 +172,13 @@ class TrainConfig:
 def build_parser(datasets: tuple[str, ...], description: str) -> argparse.ArgumentParser:
     """The command line shared by the training examples; ``datasets[0]`` is the default dataset."""
     parser = argparse.ArgumentParser(description=description)
-    add = parser.add_argument
+
+    def add(*names: str, **options: Any) -> None:
+        """``parser.add_argument`` whose help names the default of an option that takes a value."""
+        if options.get("default") is not None and "action" not in options:
+            options["help"] = (options.get("help", "") + " (default: %(default)s)").lstrip()
+        parser.add_argument(*names, **options)
+
     add("--model", choices=MODELS, default="hrnet_v2")
     add("--method", choices=METHODS, default="dropclass")
     add("--dataset", choices=datasets, default=datasets[0])
