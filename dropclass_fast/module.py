@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, NamedTuple
 
 import torch
@@ -78,6 +79,10 @@ class DropClass(nn.Module):
                 f"classifier must have at least 2 output classes (dropping the only class leaves none), "
                 f"got out_channels={classifier.out_channels}"
             )
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        if not isinstance(per_sample, bool):
+            raise TypeError(f"per_sample must be a bool, got {per_sample!r}")
         channels = classifier.in_channels
         self.classifier = classifier
         self.select = nn.Sequential(

@@ -365,10 +365,14 @@ def test_transform_argument_errors():
         TrainTransform((0, 4))
     with pytest.raises(ValueError, match=r"scale_range must be \(low, high\) with 0 < low <= high, got \(2.0, 0.5\)"):
         TrainTransform((4, 4), scale_range=(2.0, 0.5))
-    with pytest.raises(ValueError, match=r"std must be three positive numbers \(R, G, B\), got \(1, 0, 1\)"):
+    with pytest.raises(ValueError, match=r"std must be three numbers in \(0, 1\] \(R, G, B;.*got \(1, 0, 1\)"):
         TrainTransform((4, 4), std=(1, 0, 1))
+    with pytest.raises(ValueError, match=r"mean must be three numbers in \[0, 1\] .*divide 0-255 constants by 255"):
+        TrainTransform((4, 4), mean=(123.675, 116.28, 103.53))
     with pytest.raises(ValueError, match=r"ignore_index must be an int in \[0, 255\] \(labels are uint8\), got -1"):
         TrainTransform((4, 4), ignore_index=-1)
+    with pytest.raises(ValueError, match=r"ignore_index must be an int .*got True"):
+        TrainTransform((4, 4), ignore_index=True)
     transform = TrainTransform((4, 4))
     with pytest.raises(TypeError, match="image must be a uint8 numpy array \\[H, W, 3\\], got dtype float32"):
         transform(image.astype(np.float32), label, np.random.default_rng(0))
@@ -492,7 +496,9 @@ def test_synthetic_argument_errors():
         SyntheticStreets("train", p_bicycle=1.5)
     with pytest.raises(TypeError, match=r"unknown scene options \['p_bike'\]"):
         SyntheticStreets("train", p_bike=0.1)
-    with pytest.raises(ValueError, match="seed must be a non-negative int, got -2"):
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*32\), got -2"):
         SyntheticStreets("train", seed=-2)
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*32\), got 4294967296"):
+        SyntheticStreets("train", seed=2**32)
     with pytest.raises(TypeError, match="transform must be callable"):
         SyntheticStreets("train", transform="train")

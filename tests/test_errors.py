@@ -216,6 +216,10 @@ def test_module_errors():
         DropClass(nn.Linear(3, 4))
     with pytest.raises(ValueError, match="classifier must have at least 2 output classes .* got out_channels=1"):
         DropClass(nn.Conv2d(8, 1, 1))
+    with pytest.raises(TypeError, match="seed must be an int, got 1.5"):
+        DropClass(nn.Conv2d(8, 5, 1), seed=1.5)
+    with pytest.raises(TypeError, match="per_sample must be a bool, got 'no'"):
+        DropClass(nn.Conv2d(8, 5, 1), per_sample="no")
     dc = DropClass(nn.Conv2d(8, 5, 1)).train()
     with pytest.raises(ValueError, match="progress is required in training mode"):
         dc(torch.randn(2, 8, 4, 4))

@@ -20,13 +20,18 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def _check_rgb_constants(name: str, value: Sequence[float], positive: bool) -> tuple[float, float, float]:
+    """Three numbers in ``[0, 1]`` (``(0, 1]`` if ``positive``): the units of ``x / 255``."""
     try:
         values = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be three numbers (R, G, B), got {value!r}") from None
-    if len(values) != 3 or not all(np.isfinite(values)) or (positive and min(values) <= 0):
-        what = "three positive numbers" if positive else "three finite numbers"
-        raise ValueError(f"{name} must be {what} (R, G, B), got {value!r}")
+    low_ok = (lambda v: v > 0) if positive else (lambda v: v >= 0)
+    if len(values) != 3 or not all(low_ok(v) and v <= 1 for v in values):
+        interval = "(0, 1]" if positive else "[0, 1]"
+        raise ValueError(
+            f"{name} must be three numbers in {interval} (R, G, B; the units of pixel / 255, so divide 0-255 "
+            f"constants by 255), got {value!r}"
+        )
     return values  # type: ignore[return-value]
 
 
@@ -85,8 +90,9 @@ class TrainTransform:
        scaled image is smaller than the crop, it is placed at the top left and
        the rest is padding: label ``ignore_index``, image the mean colour (0
        after normalisation). Only the window is resampled (Pillow's ``box``),
-       which gives the same pixels as resizing the whole image and then
-       cropping, at the cost of the crop alone;
+       which gives the pixels of resizing the whole image and then cropping
+       (up to a label pixel exactly halfway between two source pixels, which
+       may take the other one), at the cost of the crop alone;
     3. flip left-right with probability 1/2 (when ``flip``).
 
     Call: ``(image uint8 [H, W, 3], label uint8 [H, W], rng)`` -> image float32
@@ -122,7 +128,7 @@ class TrainTransform:
             or not 0 < scale_range[0] <= scale_range[1]
         ):
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
-        if not isinstance(ignore_index, int) or not 0 <= ignore_index <= 255:
+        if not isinstance(ignore_index, int) or isinstance(ignore_index, bool) or not 0 <= ignore_index <= 255:
             raise ValueError(f"ignore_index must be an int in [0, 255] (labels are uint8), got {ignore_index!r}")
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
