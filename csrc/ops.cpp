@@ -2,10 +2,8 @@
 //
 // Converts tensors to raw pointers, validates arguments (ValueError /
 // TypeError naming the argument) and calls the torch-free kernels in
-// csrc/kernels/, passing a parallel-for functor built on at::parallel_for.
-// Build with -fopenmp (compile and link) so that at::parallel_for runs on
-// torch's OpenMP threads; without it the functor falls back on torch's
-// inter-op pool (see torch_parallel_for).
+// csrc/kernels/, passing a parallel-for functor that runs on the calling
+// thread and torch's inter-op pool (see torch_parallel_for).
 //
 // Schemas (namespace dropclass_fast):
 //   channel_mask(Tensor features, Tensor weight, Tensor keep) -> Tensor
@@ -55,17 +53,15 @@ namespace kn = ::dropclass_fast::kernels;
 // The kernels' parallel-for: splits [begin, end) into chunks of at least
 // `grain` (about 4 per thread) that worker threads claim dynamically, which
 // balances the load when threads are slowed down unevenly; the kernels'
-// results do not depend on which thread runs which chunk.
-//  * Built with -fopenmp: the workers are torch's intra-op OpenMP threads,
-//    started through at::parallel_for.
-//  * Without -fopenmp, at::parallel_for (a header template whose OpenMP
-//    path is compiled into the including file) would run everything on the
-//    calling thread, so the workers are the calling thread plus tasks on
-//    torch's inter-op pool (at::launch).  Since chunks are claimed, the
-//    caller never waits for a chunk that has not started: no deadlock when
-//    called from a pool thread.
-// Either way the number of threads follows torch.set_num_threads, and
-// nested calls (inside a parallel region) run serially.
+// results do not depend on which thread runs which chunk.  The workers are
+// the calling thread plus tasks on torch's inter-op pool (at::launch): the
+// build has no -fopenmp, under which at::parallel_for (a header template
+// whose OpenMP path is compiled into the including file) would bring a second
+// OpenMP runtime, with its own threads, beside torch's.  Since chunks are
+// claimed, the caller never waits for a chunk that has not started: no
+// deadlock when called from a pool thread.  The number of threads follows
+// torch.set_num_threads, and nested calls (inside a parallel region) run
+// serially.
 void torch_parallel_for(int64_t begin, int64_t end, int64_t grain, const kn::RangeFn& body) {
   const int64_t n = end - begin;
   if (n <= 0) return;
@@ -104,14 +100,8 @@ void torch_parallel_for(int64_t begin, int64_t end, int64_t grain, const kn::Ran
       }
     }
   };
-#ifdef _OPENMP
-  at::parallel_for(0, nworkers, 1, [&](int64_t b, int64_t e) {
-    for (int64_t w = b; w < e; ++w) work();
-  });
-#else
   for (int64_t t = 1; t < nworkers; ++t) at::launch(work);
   work();
-#endif
   {
     std::unique_lock<std::mutex> lock(state->mu);
     state->cv.wait(lock, [&] { return state->done.load() == nchunks; });

@@ -5,14 +5,17 @@ the installed torch (with the CUDA kernels when torch is a CUDA build and nvcc
 is found). When the package was installed without it (a plain
 ``pip install .`` builds in an isolated environment that has no torch), the
 kernels are JIT-compiled with ninja on first use and cached by torch in
-``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``).
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); so are they
+when the prebuilt binary does not load (built against another torch).
 """
 
 from __future__ import annotations
 
 import importlib.machinery
 import os
+import shutil
 import sys
+import sysconfig
 import threading
 from pathlib import Path
 
@@ -34,9 +37,22 @@ def _prebuilt_library() -> Path | None:
     return None
 
 
+def _put_ninja_on_path() -> None:
+    """torch builds with the ``ninja`` on ``PATH``; the one pip installed beside this Python is not on it when
+    the environment is used without being activated (``venv/bin/python script.py``)."""
+    if shutil.which("ninja") is None:
+        scripts = sysconfig.get_path("scripts")
+        if scripts and shutil.which("ninja", path=scripts):
+            os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+
+
 def _jit_compile() -> None:
     from torch.utils import cpp_extension
 
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler to build the kernels with: {compiler!r} is not on PATH (set CXX)")
+    _put_ninja_on_path()
     root = _build.source_root()
     sources = _build.cpu_sources(root)
     cuda_flags: dict[str, list[str]] = {}
@@ -44,7 +60,8 @@ def _jit_compile() -> None:
         sources += _build.cuda_sources(root)
         cuda_flags["extra_cuda_cflags"] = _build.nvcc_flags(os.environ.get("TORCH_CUDA_ARCH_LIST"))
     print(
-        "dropclass_fast: compiling the C++ kernels (first use only, about a minute)...",
+        "dropclass_fast: loading the C++ kernels from torch's extension cache, or compiling them there "
+        "(about a minute, once)...",
         file=sys.stderr,
         flush=True,
     )
@@ -56,6 +73,25 @@ def _jit_compile() -> None:
         verbose=os.environ.get("DROPCLASS_FAST_VERBOSE_BUILD") == "1",
         **cuda_flags,
     )
+
+
+def _load_library() -> None:
+    """The prebuilt binary; JIT-compiled sources where there is none or it does not load (built against
+    another torch, say)."""
+    library = _prebuilt_library()
+    if library is None:
+        _jit_compile()
+        return
+    try:
+        torch.ops.load_library(str(library))
+    except Exception as prebuilt:  # noqa: BLE001 - any load failure: build from the sources instead
+        try:
+            _jit_compile()
+        except Exception as jit:  # noqa: BLE001
+            raise RuntimeError(
+                f"the prebuilt {library.name} does not load ({type(prebuilt).__name__}: {prebuilt}) and the JIT "
+                f"build failed ({type(jit).__name__}: {jit})"
+            ) from jit
 
 
 def load() -> bool:
@@ -70,11 +106,7 @@ def load() -> bool:
         if _loaded is not None:
             return _loaded
         try:
-            library = _prebuilt_library()
-            if library is not None:
-                torch.ops.load_library(str(library))
-            else:
-                _jit_compile()
+            _load_library()
             from . import _ops
 
             _ops.register()

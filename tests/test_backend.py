@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import sysconfig
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,6 +84,39 @@ def test_auto_on_cuda_without_kernels_warns_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _backend.resolve("cuda", "seg_cross_entropy") == "eager"
+
+
+def test_a_prebuilt_binary_that_does_not_load_is_replaced_by_a_jit_build(monkeypatch, tmp_path):
+    broken = tmp_path / "_C.cpython-3x.so"
+    broken.write_bytes(b"not a shared library")  # as a binary built against another torch fails to load
+    monkeypatch.setattr(_extension, "_prebuilt_library", lambda: broken)
+    builds = []
+    monkeypatch.setattr(_extension, "_jit_compile", lambda: builds.append("jit"))
+    _extension._load_library()
+    assert builds == ["jit"]
+
+    def failing_build():
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(_extension, "_jit_compile", failing_build)
+    with pytest.raises(RuntimeError, match=r"prebuilt _C.cpython-3x.so does not load \(OSError: .*JIT build failed "
+                                           r"\(RuntimeError: no compiler\)"):
+        _extension._load_library()
+
+
+def test_jit_build_says_when_there_is_no_compiler(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler .* 'no-such-c\\+\\+-compiler' is not on PATH"):
+        _extension._jit_compile()
+
+
+def test_jit_build_finds_the_ninja_installed_beside_python(monkeypatch):
+    scripts = sysconfig.get_path("scripts")
+    if not shutil.which("ninja", path=scripts):
+        pytest.skip(f"no ninja in {scripts}")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    _extension._put_ninja_on_path()
+    assert shutil.which("ninja") == str(Path(scripts) / "ninja")
 
 
 def test_measured_table_is_valid():

@@ -5,16 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from backends import CPU_BACKENDS
 from torch import nn
 
 import dropclass_fast
 from dropclass_fast import DropClass, DropClassLoss
 from dropclass_fast import functional as dcf
 
-BACKENDS = ["cpp", "eager", "triton"]
 
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=CPU_BACKENDS)
 def backend(request, cpp_backend):
     with dropclass_fast.set_backend(request.param):
         yield request.param

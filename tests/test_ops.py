@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backends import CPU_BACKENDS
 from op_inputs import make_keep, make_target
 
 import dropclass_fast
@@ -266,7 +267,7 @@ def test_dropclass_loss_op_registration(cpp_backend):
     )
 
 
-@pytest.mark.parametrize("backend", ["cpp", "eager", "triton"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("op", ["seg_cross_entropy", "dropped_class_prob", "dropclass_loss"])
 def test_empty_batch_gives_zero_loss_and_empty_gradients(cpp_backend, backend, op):
     logits = torch.randn(0, 3, 4, 4, requires_grad=True)
@@ -288,7 +289,7 @@ def test_empty_batch_gives_zero_loss_and_empty_gradients(cpp_backend, backend, o
         assert grad.shape == tensor.shape
 
 
-@pytest.mark.parametrize("backend", ["cpp", "eager", "triton"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_channel_mask_without_channels(cpp_backend, backend):
     features = torch.randn(2, 0, 4, 4, requires_grad=True)
     weight = torch.randn(3, 0, 1, 1, requires_grad=True)
