@@ -115,6 +115,12 @@ def test_resume_accepts_a_checkpoint_whose_settings_this_version_refuses(tmp_pat
         train(TrainConfig(**SMALL, method="baseline", iters=2, output=str(tmp_path), resume=missing))
 
 
+def test_the_package_command_line_trains_every_dataset(tmp_path):
+    command = [sys.executable, "-m", "dropclass_fast.train", "--help"]
+    help_text = subprocess.run(command, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert "--dataset {cityscapes,voc,synthetic}" in help_text and "--no-background" in help_text
+
+
 def test_deeplabv3_refuses_one_sample_per_batch_norm(tmp_path):
     with pytest.raises(ValueError, match="batch_size must be at least 2 for model 'deeplabv3' .* got 1"):
         train(TrainConfig(**{**SMALL, "batch_size": 1, "model": "deeplabv3"}, iters=1, output=str(tmp_path)))
