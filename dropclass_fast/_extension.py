@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -66,7 +67,9 @@ def _jit_compile() -> None:
         flush=True,
     )
     cpp_extension.load(
-        name=_build.EXTENSION_NAME,
+        # torch's cache keys a build by its name, sources and flags, not by torch: the version in the name keeps a
+        # build against one torch from being loaded under another
+        name=f"{_build.EXTENSION_NAME}_torch_{re.sub(r'[^0-9A-Za-z]', '_', torch.__version__)}",
         sources=sources,
         extra_cflags=_build.CXX_FLAGS,
         is_python_module=False,
