@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +45,25 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Mod
     if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A case that fails or is interrupted (Ctrl-C) is left out of the JSON: pytest-benchmark writes no row
+    whose ``has_error`` is set, and it sets that only for an ``Exception`` inside the timed function. A row
+    cut short would lack its peak memory, or hold a partial (or no) timing."""
+    outcome = yield
+    benchmark = getattr(item, "funcargs", {}).get("benchmark")
+    if outcome.excinfo is not None and benchmark is not None:
+        benchmark.has_error = True
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Iterator[None]:
+    """Interrupts are ignored from the session's end on: one then (``timeout -s INT`` as the last case
+    finishes) would stop pytest-benchmark writing the JSON, and the whole run would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    yield
 
 
 def _cpu_model() -> str:
@@ -136,19 +156,15 @@ def run_case(benchmark: Any, memory_worker: peak_memory.MemoryWorker) -> Callabl
 
         runner, first_call_s = _build(case)
         benchmark.extra_info["first_call_s"] = round(first_call_s, 3)
-        try:
-            _time(benchmark, runner)
-            runner.clear()
-            if case["device"] == "cuda":
-                benchmark.extra_info["peak_extra_mib"] = round(peak_memory.cuda_peak_extra_mib(runner), 3)
-                benchmark.extra_info["peak_method"] = "torch.cuda.max_memory_allocated minus memory_allocated before"
-            else:
-                del runner  # free the inputs before the child makes its own
-                memory = memory_worker.measure(case)
-                benchmark.extra_info["peak_extra_mib"] = round(memory["peak_extra_mib"], 3)
-                benchmark.extra_info["peak_method"] = "child process: " + memory["method"]
-        except BaseException:  # a failure or an interrupt: pytest-benchmark writes rows with has_error nowhere
-            benchmark.has_error = True
-            raise
+        _time(benchmark, runner)
+        runner.clear()
+        if case["device"] == "cuda":
+            benchmark.extra_info["peak_extra_mib"] = round(peak_memory.cuda_peak_extra_mib(runner), 3)
+            benchmark.extra_info["peak_method"] = "torch.cuda.max_memory_allocated minus memory_allocated before"
+        else:
+            del runner  # free the inputs before the child makes its own
+            memory = memory_worker.measure(case)
+            benchmark.extra_info["peak_extra_mib"] = round(memory["peak_extra_mib"], 3)
+            benchmark.extra_info["peak_method"] = "child process: " + memory["method"]
 
     return run

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import signal
 import subprocess
 import sys
@@ -65,6 +66,23 @@ METHOD = """\
 """
 
 
+def _wait_finishing_on_interrupt(proc: subprocess.Popen) -> int:
+    """``proc``'s exit status. A first interrupt asks it (SIGINT) to stop after writing what it has; a second
+    one kills its process group and raises."""
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        print("interrupted: stopping the suite; the report will cover the cases that finished (interrupt again to "
+              "abort)", file=sys.stderr, flush=True)  # fmt: skip
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+
+
 def _run_suite(output_dir: Path, pytest_args: list[str]) -> tuple[Path, int]:
     """Runs the suite into ``output_dir/results.json``: ``(its path, pytest's exit status)``. A run in which some
     case failed still gives its JSON (the report then covers the cases that ran); no JSON is an error."""
@@ -75,20 +93,20 @@ def _run_suite(output_dir: Path, pytest_args: list[str]) -> tuple[Path, int]:
     ]  # fmt: skip
     print("running:", " ".join(command), flush=True)
     json_path.unlink(missing_ok=True)
-    # Its own session: an interrupt reaches pytest once, from here, however it was sent to this process.
+    # Its own session: an interrupt reaches pytest once, from here, however it was sent to this process;
+    # SIGTERM and SIGHUP are passed on as they come (pytest then stops without its JSON).
     proc = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True)
+
+    def pass_on(signum: int, _frame: object) -> None:
+        os.killpg(proc.pid, signum)
+        raise SystemExit(128 + signum)
+
+    previous = {signum: signal.signal(signum, pass_on) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        status = proc.wait()
-    except KeyboardInterrupt:
-        print("interrupted: stopping the suite; the report will cover the cases that finished (interrupt again to "
-              "abort)", file=sys.stderr, flush=True)  # fmt: skip
-        proc.send_signal(signal.SIGINT)
-        try:
-            status = proc.wait()
-        except KeyboardInterrupt:
-            proc.kill()
-            proc.wait()
-            raise
+        status = _wait_finishing_on_interrupt(proc)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if not json_path.is_file():
         raise SystemExit(f"the benchmark suite failed (exit status {status}) and wrote no JSON; no report")
     return json_path, status

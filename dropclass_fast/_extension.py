@@ -11,13 +11,16 @@ when the prebuilt binary does not load (built against another torch).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import os
 import re
+import shlex
 import shutil
 import sys
 import sysconfig
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -38,22 +41,28 @@ def _prebuilt_library() -> Path | None:
     return None
 
 
-def _put_ninja_on_path() -> None:
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
     """torch builds with the ``ninja`` on ``PATH``; the one pip installed beside this Python is not on it when
-    the environment is used without being activated (``venv/bin/python script.py``)."""
-    if shutil.which("ninja") is None:
-        scripts = sysconfig.get_path("scripts")
-        if scripts and shutil.which("ninja", path=scripts):
-            os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+    the environment is used without being activated (``venv/bin/python script.py``): add it for the build."""
+    scripts = sysconfig.get_path("scripts")
+    if shutil.which("ninja") is not None or not scripts or not shutil.which("ninja", path=scripts):
+        yield
+        return
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = scripts + os.pathsep + path
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
 
 
 def _jit_compile() -> None:
     from torch.utils import cpp_extension
 
     compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
+    if shutil.which((shlex.split(compiler) or [""])[0]) is None:  # CXX may be a command line: "ccache g++"
         raise RuntimeError(f"no C++ compiler to build the kernels with: {compiler!r} is not on PATH (set CXX)")
-    _put_ninja_on_path()
     root = _build.source_root()
     sources = _build.cpu_sources(root)
     cuda_flags: dict[str, list[str]] = {}
@@ -66,16 +75,17 @@ def _jit_compile() -> None:
         file=sys.stderr,
         flush=True,
     )
-    cpp_extension.load(
-        # torch's cache keys a build by its name, sources and flags, not by torch: the version in the name keeps a
-        # build against one torch from being loaded under another
-        name=f"{_build.EXTENSION_NAME}_torch_{re.sub(r'[^0-9A-Za-z]', '_', torch.__version__)}",
-        sources=sources,
-        extra_cflags=_build.CXX_FLAGS,
-        is_python_module=False,
-        verbose=os.environ.get("DROPCLASS_FAST_VERBOSE_BUILD") == "1",
-        **cuda_flags,
-    )
+    with _ninja_on_path():
+        cpp_extension.load(
+            # torch's cache keys a build by its name, sources and flags, not by torch: the version in the name keeps a
+            # build against one torch from being loaded under another
+            name=f"{_build.EXTENSION_NAME}_torch_{re.sub(r'[^0-9A-Za-z]', '_', torch.__version__)}",
+            sources=sources,
+            extra_cflags=_build.CXX_FLAGS,
+            is_python_module=False,
+            verbose=os.environ.get("DROPCLASS_FAST_VERBOSE_BUILD") == "1",
+            **cuda_flags,
+        )
 
 
 def _load_library() -> None:

@@ -328,7 +328,8 @@ def test_command_line_refuses_options_before_any_work(tmp_path, capsys):
     ("field", "value", "message"),
     [("top_count", 8, r"top_count must be an int in \[1, 7\]"), ("vulnerable_count", 9, r"in \[1, 8\], got 9"),
      ("fill", (1, 2), "fill must be 'mean' or an RGB triple"), ("probe_lr", 0.0, "probe_lr must be a positive"),
-     ("lr", True, "lr must be a positive finite number, got True")],
+     ("lr", True, "lr must be a positive finite number, got True"),
+     ("seeds", (0, 2**32), r"seed must be an int in \[0, 2\*\*32\), got 4294967296")],
 )
 def test_experiment_config_refuses_values_that_would_fail_after_training(field, value, message):
     with pytest.raises(ValueError, match=message):

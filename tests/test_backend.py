@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sysconfig
 import warnings
@@ -105,8 +106,8 @@ def test_a_prebuilt_binary_that_does_not_load_is_replaced_by_a_jit_build(monkeyp
 
 
 def test_jit_build_says_when_there_is_no_compiler(monkeypatch):
-    monkeypatch.setenv("CXX", "no-such-c++-compiler")
-    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler .* 'no-such-c\\+\\+-compiler' is not on PATH"):
+    monkeypatch.setenv("CXX", "no-such-c++-compiler -m64")  # CXX may carry arguments, or be "ccache g++"
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler .* 'no-such-c\\+\\+-compiler -m64' is not on PATH"):
         _extension._jit_compile()
 
 
@@ -115,8 +116,9 @@ def test_jit_build_finds_the_ninja_installed_beside_python(monkeypatch):
     if not shutil.which("ninja", path=scripts):
         pytest.skip(f"no ninja in {scripts}")
     monkeypatch.setenv("PATH", "/nonexistent")
-    _extension._put_ninja_on_path()
-    assert shutil.which("ninja") == str(Path(scripts) / "ninja")
+    with _extension._ninja_on_path():
+        assert shutil.which("ninja") == str(Path(scripts) / "ninja")
+    assert os.environ["PATH"] == "/nonexistent"  # only for the build
 
 
 def test_measured_table_is_valid():

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,6 +123,39 @@ def test_an_interrupted_suite_run_still_reports_the_cases_that_finished(tmp_path
     assert 1 <= len(rows) < selected, output[-4000:]
     assert all(row["peak_extra_mib"] >= 0 for row in rows), rows
     assert (tmp_path / "RESULTS.md").read_text().count("| seg_cross_entropy |") == len(rows)
+
+
+def test_a_terminated_report_run_stops_the_suite_too(tmp_path: Path) -> None:
+    """SIGTERM to report.py (plain ``timeout``) reaches pytest, which runs in a session of its own."""
+    env = {**os.environ, "DROPCLASS_BENCH_SMOKE": "1", "DROPCLASS_BENCH_DEVICES": "cpu", "DROPCLASS_BENCH_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    command = [sys.executable, str(BENCH_DIR / "report.py"), "--output-dir", str(tmp_path), "--", "-v",
+               "-k", "test_op and seg_cross_entropy"]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    for line in proc.stdout:
+        if "PASSED" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 30
+    while _processes_naming(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_naming(tmp_path)
+
+
+def _processes_naming(path: Path) -> list[int]:
+    """The processes whose command line names ``path``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(path) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:  # it ended meanwhile
+            continue
+    return found
 
 
 def test_official_style_loss_equals_the_reference_dropclass_loss() -> None:

@@ -118,6 +118,7 @@ def test_resume_accepts_a_checkpoint_whose_settings_this_version_refuses(tmp_pat
 def test_the_package_command_line_trains_every_dataset(tmp_path):
     command = [sys.executable, "-m", "dropclass_fast.train", "--help"]
     help_text = subprocess.run(command, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert help_text.startswith("usage: python -m dropclass_fast.train ")
     assert "--dataset {cityscapes,voc,synthetic}" in help_text and "--no-background" in help_text
 
 

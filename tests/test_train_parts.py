@@ -40,6 +40,7 @@ def test_recipe_defaults_follow_table_e3_and_the_linear_scaling_rule():
         ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
         ({"iters": -3}, "iters must be at least 1, got -3"),
         ({"lr": float("nan")}, "lr must be a positive finite number"),
+        ({"seed": 2**32}, r"seed must be an int in \[0, 2\*\*32\), got 4294967296"),
         ({"crop_size": (0, 64)}, "crop_size must be two positive integers"),
         ({"workers": -1}, "workers must be at least 0"),
         ({"dataset": "voc", "eval_batch_size": 2}, "eval_batch_size must be 1 for dataset 'voc' .* got 2"),

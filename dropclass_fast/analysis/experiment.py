@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..data import SyntheticStreets, TrainTransform
+from ..data.base import check_seed
 from ..metrics import mean_iou
 from ..train import TrainConfig, check_learning_rate, train
 from ..train.batchnorm import recalibrate_batchnorm
@@ -90,8 +91,10 @@ class ExperimentConfig:
             raise ValueError(f"model must be 'hrnet_v1' or 'hrnet_v2', got {self.model!r}")
         if self.reference not in MODELS:
             raise ValueError(f"reference must be one of {MODELS}, got {self.reference!r}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise ValueError(f"seeds must be distinct non-negative ints, got {self.seeds!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct ints, got {self.seeds!r}")
+        for seed in self.seeds:
+            check_seed(seed)
         for name in ("iters", "batch_size", "train_length", "val_length", "probe_iters", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

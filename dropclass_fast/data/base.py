@@ -21,7 +21,7 @@ def check_split(split: object, splits: tuple[str, ...], dataset: str) -> str:
 
 def check_seed(seed: object) -> int:
     """``seed`` as an int in ``[0, 2**32)``: NumPy seeds cannot be negative, and NumPy splits a larger one into
-    32-bit words, so ``[2**32, epoch, index]`` would seed what ``[0, 1, epoch]`` does."""
+    32-bit words, so ``[2**32, epoch, 0]`` would seed what ``[0, 1, epoch]`` does."""
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
     return int(seed)

@@ -5,4 +5,5 @@ import sys
 
 from .cli import main
 
-main(sys.argv[1:], datasets=("cityscapes", "voc", "synthetic"), description=__doc__.splitlines()[0])
+main(sys.argv[1:], datasets=("cityscapes", "voc", "synthetic"), description=__doc__.splitlines()[0],
+     prog="python -m dropclass_fast.train")

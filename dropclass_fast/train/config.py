@@ -7,6 +7,8 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from ..data.base import check_seed
+
 MODELS = ("hrnet_v1", "hrnet_v2", "deeplabv3")
 METHODS = ("baseline", "dropclass")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -110,6 +112,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         if self.lr is not None:
             check_learning_rate("lr", self.lr)
+        check_seed(self.seed)
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
             raise ValueError(f"crop_size must be two positive integers (H, W), got {self.crop_size}")
         if self.iters is not None and self.epochs is not None:
@@ -169,9 +172,10 @@ class TrainConfig:
         return asdict(self)
 
 
-def build_parser(datasets: tuple[str, ...], description: str) -> argparse.ArgumentParser:
-    """The command line shared by the training examples; ``datasets[0]`` is the default dataset."""
-    parser = argparse.ArgumentParser(description=description)
+def build_parser(datasets: tuple[str, ...], description: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The command line shared by the training examples; ``datasets[0]`` is the default dataset; ``prog`` the
+    command's name in the usage line (default: the script's)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
 
     def add(*names: str, **options: Any) -> None:
         """``parser.add_argument`` whose help names the default of an option that takes a value."""

@@ -259,9 +259,10 @@ class _Run:
                 parts = self._step(images, labels)
                 self.iteration += 1
                 if self.iteration % config.log_every == 0 or self.iteration == stop:
+                    seconds = time.perf_counter() - started  # the step's, without the collective below
                     parts = self._mean_over_ranks(parts)  # every rank: a collective
                     if log is not None:
-                        row = self._log_row(epoch, parts, time.perf_counter() - started)
+                        row = self._log_row(epoch, parts, seconds)
                         log.write(row)
                         if bar is not None:
                             bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", refresh=False)
