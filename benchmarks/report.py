@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import plots
@@ -92,7 +93,9 @@ def _run_suite(output_dir: Path, pytest_args: list[str]) -> tuple[Path, int]:
         "-p", "no:cacheprovider", *pytest_args,
     ]  # fmt: skip
     print("running:", " ".join(command), flush=True)
-    json_path.unlink(missing_ok=True)
+    # The old JSON stays until pytest-benchmark replaces it (deleting a tracked results.json would make the
+    # run's commit read "uncommitted changes"); one older than the run is not this run's.
+    started = time.time()
     # Its own session: an interrupt reaches pytest once, from here, however it was sent to this process;
     # SIGTERM and SIGHUP are passed on as they come (pytest then stops without its JSON).
     proc = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True)
@@ -107,7 +110,7 @@ def _run_suite(output_dir: Path, pytest_args: list[str]) -> tuple[Path, int]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if not json_path.is_file():
+    if not json_path.is_file() or json_path.stat().st_mtime < started:
         raise SystemExit(f"the benchmark suite failed (exit status {status}) and wrote no JSON; no report")
     return json_path, status
 
