@@ -68,14 +68,15 @@ METHOD = """\
 
 
 def _wait_finishing_on_interrupt(proc: subprocess.Popen) -> int:
-    """``proc``'s exit status. A first interrupt asks it (SIGINT) to stop after writing what it has; a second
-    one kills its process group and raises."""
+    """``proc``'s exit status. A first interrupt asks it (SIGINT, to pytest alone: its helper processes, such
+    as the peak-memory worker, must not die under the case that is running) to stop after writing what it
+    has; a second one kills its process group and raises."""
     try:
         return proc.wait()
     except KeyboardInterrupt:
         print("interrupted: stopping the suite; the report will cover the cases that finished (interrupt again to "
               "abort)", file=sys.stderr, flush=True)  # fmt: skip
-        os.killpg(proc.pid, signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
         try:
             return proc.wait()
         except KeyboardInterrupt:
