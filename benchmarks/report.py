@@ -111,6 +111,8 @@ def _run_suite(output_dir: Path, pytest_args: list[str]) -> tuple[Path, int]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if status < 0:  # pytest ended by a signal (an interrupt can land where it does not catch it): as a shell says
+        status = 128 - status
     if not json_path.is_file() or json_path.stat().st_mtime < started:
         raise SystemExit(f"the benchmark suite failed (exit status {status}) and wrote no JSON; no report")
     return json_path, status

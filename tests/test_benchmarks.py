@@ -101,7 +101,9 @@ def test_report_writes_results_md_and_pngs_from_the_smoke_run(smoke_json: Path, 
 
 def test_an_interrupted_suite_run_still_reports_the_cases_that_finished(tmp_path: Path) -> None:
     """SIGINT to report.py while the suite runs: the cases that finished are reported, each with its peak
-    memory; the case cut short is left out, and the exit status is pytest's (2, interrupted)."""
+    memory; the case cut short is left out, and the exit status is pytest's: 2 (interrupted), or 130 where
+    pytest itself ended by the signal after writing its JSON (seen once, the interrupt landing in code that
+    torch.compile generated)."""
     env = {**os.environ, "DROPCLASS_BENCH_SMOKE": "1", "DROPCLASS_BENCH_DEVICES": "cpu", "DROPCLASS_BENCH_THREADS": "1",
            "PYTHONUNBUFFERED": "1"}  # fmt: skip
     selected = len(cases.MODES) * len(cases.DTYPES) * len(CPU_IMPLS)  # seg_cross_entropy op cases
@@ -117,7 +119,7 @@ def test_an_interrupted_suite_run_still_reports_the_cases_that_finished(tmp_path
             proc.send_signal(signal.SIGINT)
             break
     output = "".join(seen) + proc.communicate(timeout=300)[0]
-    assert proc.returncode == 2, output[-4000:]
+    assert proc.returncode in (2, 128 + signal.SIGINT), output[-4000:]
     assert "Traceback" not in output.split("interrupted: stopping the suite")[0], output[-4000:]
     rows = results.load([tmp_path / "results.json"]).select("op")
     assert 1 <= len(rows) < selected, output[-4000:]
