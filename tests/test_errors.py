@@ -220,6 +220,9 @@ def test_module_errors():
     with pytest.raises(TypeError, match="per_sample must be a bool, got 'no'"):
         DropClass(nn.Conv2d(8, 5, 1), per_sample="no")
     dc = DropClass(nn.Conv2d(8, 5, 1)).train()
+    with pytest.raises(ValueError, match="keep drops every class"):
+        dc(torch.randn(2, 8, 4, 4), keep=torch.zeros(5))
+    assert dc.step == 0  # a refused mask is not a training step
     with pytest.raises(ValueError, match="progress is required in training mode"):
         dc(torch.randn(2, 8, 4, 4))
     with pytest.raises(TypeError, match="features must be a floating tensor, got dtype torch.int64"):
