@@ -77,6 +77,15 @@ def test_per_sample_masks_depend_on_global_index():
     torch.testing.assert_close(again, keep[2:])
 
 
+def test_per_sample_masks_of_rank_one_follow_rank_zeros(monkeypatch):
+    """Without sample_index, rank r's sample i has global index r * B + i."""
+    dc = DropClass(nn.Conv2d(4, 19, 1), per_sample=True, seed=3)
+    both = dc.sample_keep(1.0, 4, step=5)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    torch.testing.assert_close(dc.sample_keep(1.0, 2, step=5), both[2:])
+
+
 def test_per_sample_mask_of_an_empty_batch():
     dc = DropClass(nn.Conv2d(4, 5, 1), per_sample=True).train()
     out = dc(torch.randn(0, 4, 2, 2), progress=1.0)
@@ -165,7 +174,8 @@ def test_loss_weights_follow_progress(cpp_backend):
     out = dc(features, keep=keep)
     total0, parts0 = DropClassLoss()(out, target, progress=0.0)
     assert parts0["ce_drop"].item() == 0.0
-    torch.testing.assert_close(total0, parts0["ce"] + parts0["sup"])
+    ce0, sup0 = reference.seg_cross_entropy(out.logits, target), reference.dropped_class_prob(out.drop_logits, keep)
+    torch.testing.assert_close(total0, ce0 + 10.0 * sup0)
     _, parts = DropClassLoss(alpha=2.0)(out, target, progress=0.75)
     ce = reference.seg_cross_entropy(out.logits, target)
     ce_drop = reference.seg_cross_entropy(out.drop_logits, target, keep)
@@ -173,3 +183,10 @@ def test_loss_weights_follow_progress(cpp_backend):
     torch.testing.assert_close(parts["ce"], 0.25 * ce)
     torch.testing.assert_close(parts["ce_drop"], 0.75 * ce_drop)
     torch.testing.assert_close(parts["sup"], 2.0 * sup)
+    # the loss passes its ignore_index and align_corners on
+    target[0, :4] = -1
+    _, parts = DropClassLoss(ignore_index=-1, align_corners=True)(out, target, progress=0.75)
+    torch.testing.assert_close(parts["ce"], 0.25 * reference.seg_cross_entropy(out.logits, target, None, -1, True))
+    torch.testing.assert_close(
+        parts["ce_drop"], 0.75 * reference.seg_cross_entropy(out.drop_logits, target, keep, -1, True)
+    )

@@ -166,26 +166,32 @@ def test_channel_mask(cpp_backend, weight_shape, keep_mode, memory_format, dtype
 
 
 @pytest.mark.parametrize("keep_mode", ["batch", "sample"])
-def test_dropclass_loss(cpp_backend, keep_mode):
+@pytest.mark.parametrize(("align_corners", "ignore_index"), [(False, 255), (True, -1)])
+def test_dropclass_loss(cpp_backend, keep_mode, align_corners, ignore_index):
+    """The fused op against the reference's terms, weighted by hand: lambda = 1 - 0.3, alpha = 10."""
     logits = torch.randn(2, 19, 17, 23)
     drop_logits = torch.randn(2, 19, 17, 23)
     target = make_target(2, 19, (67, 91))
+    target[target == 255] = ignore_index
     keep = make_keep(keep_mode, 2, 19)
-    results = {}
-    for backend in ("cpp", "eager"):
-        a = logits.clone().requires_grad_()
-        b = drop_logits.clone().requires_grad_()
-        with dropclass_fast.set_backend(backend):
-            total, parts = dcf.dropclass_loss(a, b, target, keep, progress=0.3)
-        total.backward()
-        results[backend] = (total, parts, a.grad, b.grad)
-    cpp, eager = results["cpp"], results["eager"]
-    torch.testing.assert_close(cpp[0], eager[0], **TOLERANCE[torch.float32])
+    a, b = logits.clone().requires_grad_(), drop_logits.clone().requires_grad_()
+    with dropclass_fast.set_backend("cpp"):
+        total, parts = dcf.dropclass_loss(a, b, target, keep, progress=0.3, alpha=10.0, ignore_index=ignore_index,
+                                          align_corners=align_corners)  # fmt: skip
+    total.backward()
+    ra, rb = logits.clone().requires_grad_(), drop_logits.clone().requires_grad_()
+    want = {
+        "ce": 0.7 * reference.seg_cross_entropy(ra, target, None, ignore_index, align_corners),
+        "ce_drop": 0.3 * reference.seg_cross_entropy(rb, target, keep, ignore_index, align_corners),
+        "sup": 10.0 * reference.dropped_class_prob(rb, keep),
+    }
+    want_total = want["ce"] + want["ce_drop"] + want["sup"]
+    want_total.backward()
     for name in ("ce", "ce_drop", "sup"):
-        torch.testing.assert_close(cpp[1][name], eager[1][name], **TOLERANCE[torch.float32])
-    torch.testing.assert_close(cpp[0], sum(cpp[1].values()))
-    for got, want in zip(cpp[2:], eager[2:]):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+        torch.testing.assert_close(parts[name], want[name], **TOLERANCE[torch.float32])
+    torch.testing.assert_close(total, want_total, **TOLERANCE[torch.float32])
+    for got, expected in ((a.grad, ra.grad), (b.grad, rb.grad)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
 @pytest.mark.parametrize("keep_mode", ["none", "batch", "sample"])

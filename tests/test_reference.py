@@ -46,6 +46,10 @@ def test_dropped_labels_are_ignored():
     remapped[1][target[1] == 0] = 255
     expected = F.cross_entropy(logits, remapped, ignore_index=255)
     torch.testing.assert_close(reference.seg_cross_entropy(logits, target, per_sample), expected)
+    # another ignore value: dropped pixels take it, and pixels that carry it stay out of the mean
+    target[0, 0, 0] = -1
+    expected = F.cross_entropy(logits, torch.where(target == 1, -1, target), ignore_index=-1)
+    torch.testing.assert_close(reference.seg_cross_entropy(logits, target, keep, ignore_index=-1), expected)
 
 
 def test_all_ignored_gives_zero_loss_and_zero_grad():

@@ -208,15 +208,18 @@ def test_channel_mask(keep_mode, weight_shape, dtype, channels_last):
 @pytest.mark.parametrize("shape", [UPSAMPLE, SHAPES[3]], ids=["upsample", "downsample"])
 @pytest.mark.parametrize("keep_mode", ["batch", "sample"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dropclass_loss_fused(shape, keep_mode, dtype):
+@pytest.mark.parametrize(("align_corners", "ignore_index"), [(False, 255), (True, -1)])
+def test_dropclass_loss_fused(shape, keep_mode, dtype, align_corners, ignore_index):
     batch, num_classes, low, high = shape
     logits = make_logits(batch, num_classes, low, dtype)
     drop_logits = make_logits(batch, num_classes, low, dtype, channels_last=True)
     target = make_target(batch, num_classes, high)
+    target[target == 255] = ignore_index
     keep = make_keep(keep_mode, batch, num_classes)
     args = (logits, drop_logits, target, keep)
-    (got, got_parts), got_grads = run("dropclass_loss", "triton", *args, progress=0.3)
-    (want, want_parts), want_grads = run("dropclass_loss", "eager", *args, progress=0.3)
+    options = {"progress": 0.3, "ignore_index": ignore_index, "align_corners": align_corners}
+    (got, got_parts), got_grads = run("dropclass_loss", "triton", *args, **options)
+    (want, want_parts), want_grads = run("dropclass_loss", "eager", *args, **options)
     for name in ("ce", "ce_drop", "sup"):
         torch.testing.assert_close(got_parts[name], want_parts[name], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
