@@ -194,6 +194,26 @@ def test_dropclass_loss(cpp_backend, keep_mode, align_corners, ignore_index):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
+@pytest.mark.parametrize(("backend", "drop_dtype"), [("eager", torch.float32), ("cpp", torch.float64)])
+def test_dropclass_loss_term_by_term_passes_its_options(cpp_backend, backend, drop_dtype):
+    """The path that computes the terms one by one (the eager backend; logits of two dtypes) with
+    align_corners=True and ignore_index=-1, against the reference's terms weighted by hand."""
+    logits, drop_logits = torch.randn(2, 5, 6, 7), torch.randn(2, 5, 6, 7, dtype=drop_dtype)
+    target = make_target(2, 5, (15, 19))
+    target[target == 255] = -1
+    keep = make_keep("sample", 2, 5)
+    with dropclass_fast.set_backend(backend):
+        _, parts = dcf.dropclass_loss(logits, drop_logits, target, keep, 0.3, alpha=10.0, ignore_index=-1,
+                                      align_corners=True)  # fmt: skip
+    want = {
+        "ce": 0.7 * reference.seg_cross_entropy(logits, target, None, -1, True),
+        "ce_drop": 0.3 * reference.seg_cross_entropy(drop_logits, target, keep, -1, True),
+        "sup": 10.0 * reference.dropped_class_prob(drop_logits, keep),
+    }
+    for name, value in want.items():
+        torch.testing.assert_close(parts[name], value, **TOLERANCE[torch.float32])
+
+
 @pytest.mark.parametrize("keep_mode", ["none", "batch", "sample"])
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_gradcheck_seg_cross_entropy(cpp_backend, keep_mode, align_corners):
