@@ -7,6 +7,9 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/channel_mask.h"
 #include "kernels/common.h"
@@ -30,6 +33,17 @@ inline kernels::LabelType label_type(const at::Tensor& t) {
                    "target must be an integer tensor (uint8, int8, int16, int32 or int64), got ",
                    t.scalar_type());
   return kernels::LabelType::Int64;
+}
+
+// `value` with the fewest significant digits that read back as the same double, as Python prints
+// it: a keep value of 1 + 1e-12 must not print as "1" in a message saying it is not 0 or 1.
+inline std::string shortest_repr(double value) {
+  char text[32];
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(text, sizeof(text), "%.*g", digits, value);
+    if (std::strtod(text, nullptr) == value) break;
+  }
+  return text;
 }
 
 // A keep mask's dtype and shape ([K] or [Bk, K], Bk in {1, B}), as [Bk, K]; its values are the

@@ -93,9 +93,16 @@ def _check_keep(keep: object, batch: int, num_classes: int, like: torch.Tensor, 
 
 
 def _keep_as_rows(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``keep`` as a contiguous ``[1, K]`` or ``[B, K]`` tensor of the kernels' accumulate dtype."""
+    """``keep`` as a contiguous ``[1, K]`` or ``[B, K]`` tensor of the kernels' accumulate dtype.
+
+    A float64 ``keep`` going to float32 has its values checked first: rounding would turn a value such as
+    ``1 + 1e-12`` into 1, which the kernels' checks would then accept.
+    """
+    accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+    if keep.dtype == torch.float64 and accumulate == torch.float32 and _checking_values():
+        _check_keep_values(keep)
     rows = keep.unsqueeze(0) if keep.dim() == 1 else keep
-    return rows.to(torch.float64 if dtype == torch.float64 else torch.float32).contiguous()
+    return rows.to(accumulate).contiguous()
 
 
 def _check_keep_values(keep: torch.Tensor) -> None:

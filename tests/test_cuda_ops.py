@@ -370,6 +370,9 @@ def test_bad_keep_raises_cpu_message(op):
     not_binary = torch.tensor([[1.0, 0.5, 1.0, 1.0, 0.0]], device="cuda")
     with pytest.raises(ValueError, match=r"keep must contain only 0 and 1 values, got 0.5"):
         calls[op](not_binary)
+    near_one = torch.tensor([[1.0, 1 + 1e-12, 1.0, 1.0, 0.0]], device="cuda", dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"keep must contain only 0 and 1 values, got 1.000000000001$"):
+        calls[op](near_one)  # checked in float64, and printed with the digits that tell it from 1
     empty_row = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]], device="cuda")
     with pytest.raises(ValueError, match=r"keep drops every class in row 1; at least one class must be kept"):
         calls[op](empty_row)

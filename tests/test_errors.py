@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -163,6 +165,24 @@ def test_keep_not_binary(backend):
         dcf.dropped_class_prob(logits, keep)
     with pytest.raises(ValueError, match="keep must contain only 0 and 1"):
         dcf.seg_cross_entropy(logits, target, keep)
+
+
+@pytest.mark.parametrize("value", [1 + 1e-12, 1e-60, -1e-300], ids=["near-1", "near-0", "negative-near-0"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_float64_keep_near_0_or_1(backend, value, dtype):
+    """A float64 value that float32 rounds to 0 or 1 is refused on every path, and printed as Python does."""
+    logits, target = seg_inputs()
+    logits = logits.to(dtype)
+    keep = torch.tensor([1.0, value, 1.0, 0.0, 1.0], dtype=torch.float64)
+    message = rf"^keep must contain only 0 and 1 values, got {re.escape(repr(value))}$"
+    with pytest.raises(ValueError, match=message):
+        dcf.seg_cross_entropy(logits, target, keep)
+    with pytest.raises(ValueError, match=message):
+        dcf.dropped_class_prob(logits, keep)
+    with pytest.raises(ValueError, match=message):
+        dcf.dropclass_loss(logits, logits, target, keep, progress=0.5)
+    with pytest.raises(ValueError, match=message):
+        dcf.channel_mask(torch.randn(2, 3, 4, 4, dtype=dtype), torch.randn(5, 3, dtype=dtype), keep)
 
 
 def test_channel_mask_shape_errors(backend):

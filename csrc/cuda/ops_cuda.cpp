@@ -102,7 +102,7 @@ void raise_status(const Status& status, const at::Tensor* target, int64_t K, int
   if (st.bad_keep_index != kc::kNoIndex) {
     const double value =
         status.keep_values.flatten()[static_cast<int64_t>(st.bad_keep_index)].item<double>();
-    TORCH_CHECK_VALUE(false, "keep must contain only 0 and 1 values, got ", value);
+    TORCH_CHECK_VALUE(false, "keep must contain only 0 and 1 values, got ", checks::shortest_repr(value));
   }
   TORCH_CHECK_VALUE(st.empty_keep_row == kc::kNoIndex, "keep drops every class in row ",
                     static_cast<int64_t>(st.empty_keep_row), "; at least one class must be kept");
