@@ -30,7 +30,7 @@ from pathlib import Path
 import plots
 import results as results_module
 import targets as targets_module
-from results import Results, Row, on_device
+from results import Results, Row, formatted, on_device, ratio
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -118,14 +118,6 @@ def _run_suite(output_dir: Path, pytest_args: list[str]) -> tuple[Path, int]:
     return json_path, status
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None or value != value else format(value, spec)
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return None if numerator is None or not denominator else numerator / denominator
-
-
 def _ms(row: Row) -> str:
     return f"{1e3 * row['median_s']:.4g} ({1e3 * row['min_s']:.4g})"
 
@@ -192,12 +184,12 @@ def _op_section(results: Results) -> list[str]:
                         dtype,
                         impl,
                         _ms(row),
-                        _fmt(_ratio(eager and eager["median_s"], row["median_s"]), ".2f"),
-                        _fmt(_ratio(compiled and compiled["median_s"], row["median_s"]), ".2f"),
-                        _fmt(row.get("peak_extra_mib"), ".1f"),
-                        _fmt(_ratio(row.get("peak_extra_mib"), eager and eager.get("peak_extra_mib")), ".3f"),
+                        formatted(ratio(eager and eager["median_s"], row["median_s"]), ".2f"),
+                        formatted(ratio(compiled and compiled["median_s"], row["median_s"]), ".2f"),
+                        formatted(row.get("peak_extra_mib"), ".1f"),
+                        formatted(ratio(row.get("peak_extra_mib"), eager and eager.get("peak_extra_mib")), ".3f"),
                         f"{gbps:.2f}",
-                        _fmt(floor, ".1f"),
+                        formatted(floor, ".1f"),
                     ]
                 )
         header = ["op", "mode", "dtype", "impl", "median ms (min)", "x eager", "x compile", "peak extra MiB",
@@ -266,9 +258,9 @@ def _step_section(results: Results) -> list[str]:
                 row["variant"],
                 row.get("dropclass_backend", "eager"),
                 _ms(row),
-                _fmt(_ratio(row["median_s"], base and base["median_s"]), ".3f"),
-                _fmt(row.get("peak_extra_mib"), ".1f"),
-                _fmt(_ratio(row.get("peak_extra_mib"), base and base.get("peak_extra_mib")), ".3f"),
+                formatted(ratio(row["median_s"], base and base["median_s"]), ".3f"),
+                formatted(row.get("peak_extra_mib"), ".1f"),
+                formatted(ratio(row.get("peak_extra_mib"), base and base.get("peak_extra_mib")), ".3f"),
             ]
             for row in rows
         ]

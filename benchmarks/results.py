@@ -9,6 +9,7 @@ CUDA device (``None`` without one): ratios are taken between rows of the same GP
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,16 @@ def on_device(device: str, gpu: str | None) -> dict[str, Any]:
     """The fields that select rows measured on ``device``: on ``"cuda"`` also the GPU's name, so that ratios are
     taken between rows of one GPU."""
     return {"device": device, **({"gpu": gpu} if device == "cuda" else {})}
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``; None where either is missing or the denominator is 0."""
+    return None if numerator is None or not denominator else numerator / denominator
+
+
+def formatted(value: float | None, spec: str) -> str:
+    """``value`` in the format ``spec``; ``-`` where it is missing (None or NaN)."""
+    return "-" if value is None or math.isnan(value) else format(value, spec)
 
 
 @dataclass

@@ -7,10 +7,9 @@ such rows in the runs: never estimated).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from results import Results, Row, on_device
+from results import Results, Row, formatted, on_device, ratio
 
 MET, NOT_MET, REPORTED, NOT_MEASURED = "met", "not met", "reported", "not measured"
 STEP_VARIANTS = ("baseline", "official", "dropclass_fast")
@@ -27,13 +26,6 @@ class Target:
 
 def _status(ok: bool) -> str:
     return MET if ok else NOT_MET
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float:
-    """``numerator / denominator``; NaN where either is missing or the denominator is 0 (printed as ``nan``)."""
-    if numerator is None or not denominator:
-        return float("nan")
-    return numerator / denominator
 
 
 def _ms(row: Row) -> str:
@@ -82,8 +74,7 @@ def _judged(name: str, measured: str, ok: bool | None, missing: str) -> Target:
 
 
 def _mib(row: Row) -> str:
-    value = row.get("peak_extra_mib")
-    return "-" if value is None else f"{value:.1f}"
+    return formatted(row.get("peak_extra_mib"), ".1f")
 
 
 def _gpu_kernel_targets(results: Results, backend: str) -> list[Target]:
@@ -110,20 +101,20 @@ def _gpu_kernel_targets(results: Results, backend: str) -> list[Target]:
         eager = results.one("op", impl="eager", dtype=dtype, gpu=gpu, **where)
         compiled = results.one("op", impl="compile", dtype=dtype, gpu=gpu, **where)
         copy_bandwidth = results.copy_bandwidth("cuda", gpu)
-        speedup = _ratio(eager and eager["median_s"], fused["median_s"])
-        ok = None if eager is None else speedup >= 10
-        targets.append(_judged(named["eager"], f"{speedup:.2f}x", ok, f"no eager row on {gpu}"))
-        speedup = _ratio(compiled and compiled["median_s"], fused["median_s"])
-        ok = None if compiled is None else speedup >= 3
-        targets.append(_judged(named["compile"], f"{speedup:.2f}x", ok, f"no compile row on {gpu}"))
+        speedup = ratio(eager and eager["median_s"], fused["median_s"])
+        ok = None if speedup is None else speedup >= 10
+        targets.append(_judged(named["eager"], f"{formatted(speedup, '.2f')}x", ok, f"no eager row on {gpu}"))
+        speedup = ratio(compiled and compiled["median_s"], fused["median_s"])
+        ok = None if speedup is None else speedup >= 3
+        targets.append(_judged(named["compile"], f"{formatted(speedup, '.2f')}x", ok, f"no compile row on {gpu}"))
         floor_s = None if copy_bandwidth is None else fused["bytes_moved"] / copy_bandwidth
-        ratio = _ratio(fused["median_s"], floor_s)
-        text = f"{_ms(fused)} vs floor {1e3 * (floor_s or 0):.4g} ms = {ratio:.2f}x"
-        ok = None if floor_s is None else ratio <= 2
+        to_floor = ratio(fused["median_s"], floor_s)
+        text = f"{_ms(fused)} vs floor {1e3 * (floor_s or 0):.4g} ms = {formatted(to_floor, '.2f')}x"
+        ok = None if to_floor is None else to_floor <= 2
         targets.append(_judged(named["floor"], text, ok, f"no copy-bandwidth row on {gpu}"))
-        ratio = _ratio(fused.get("peak_extra_mib"), eager and eager.get("peak_extra_mib"))
-        text = f"{_mib(fused)} vs {_mib(eager or {})} MiB = {ratio:.3f}"
-        ok = None if math.isnan(ratio) else ratio <= 0.1
+        memory = ratio(fused.get("peak_extra_mib"), eager and eager.get("peak_extra_mib"))
+        text = f"{_mib(fused)} vs {_mib(eager or {})} MiB = {formatted(memory, '.3f')}"
+        ok = None if memory is None else memory <= 0.1
         targets.append(_judged(named["memory"], text, ok, f"no eager peak memory with the {backend} one on {gpu}"))
     return targets
 
@@ -168,9 +159,9 @@ def _gpu_step_targets(results: Results) -> list[Target]:
     if interleaved is not None:
         time_ratio = interleaved["dropclass_fast_ratio_median"]
         time_text += f"; {interleaved_step_text(interleaved)}, judged on it"
-    memory_ratio = _ratio(fast.get("peak_extra_mib"), base.get("peak_extra_mib"))
-    memory_text = f"{_mib(fast)} vs {_mib(base)} MiB = {memory_ratio:.3f}"
-    ok = None if math.isnan(memory_ratio) else memory_ratio <= 1.0
+    memory_ratio = ratio(fast.get("peak_extra_mib"), base.get("peak_extra_mib"))
+    memory_text = f"{_mib(fast)} vs {_mib(base)} MiB = {formatted(memory_ratio, '.3f')}"
+    ok = None if memory_ratio is None else memory_ratio <= 1.0
     targets = [
         Target(time_name, time_text, _status(time_ratio <= 1.10)),
         _judged(memory_name, memory_text, ok, "peak memory not measured"),
@@ -179,9 +170,10 @@ def _gpu_step_targets(results: Results) -> list[Target]:
     if official is None:
         targets.append(Target(official_name, "no official-style row", NOT_MEASURED))
     else:
+        memory_ratio = ratio(official.get("peak_extra_mib"), base.get("peak_extra_mib"))
         text = (
             f"{_ms(official)} = {official['median_s'] / base['median_s']:.3f}x baseline, "
-            f"{_mib(official)} MiB = {_ratio(official.get('peak_extra_mib'), base.get('peak_extra_mib')):.3f}"
+            f"{_mib(official)} MiB = {formatted(memory_ratio, '.3f')}"
         )
         targets.append(Target(official_name, text, REPORTED))
     return targets
@@ -196,7 +188,7 @@ def _cpu_step_target(results: Results) -> Target:
             base = rows["baseline"]
             parts = [
                 f"{variant} {_ms(row)} ({row['median_s'] / base['median_s']:.2f}x), "
-                f"{_mib(row)} MiB ({_ratio(row.get('peak_extra_mib'), base.get('peak_extra_mib')):.2f})"
+                f"{_mib(row)} MiB ({formatted(ratio(row.get('peak_extra_mib'), base.get('peak_extra_mib')), '.2f')})"
                 for variant, row in rows.items()
             ]
             interleaved = results.one("interleaved_step", device=device, shape=shape, precision=precision)
