@@ -336,6 +336,12 @@ def test_experiment_config_refuses_values_that_would_fail_after_training(field, 
         ExperimentConfig(**{field: value})
 
 
+def test_experiment_config_takes_numpy_numbers_as_python_ones():
+    config = ExperimentConfig(seeds=(np.int64(4), np.uint32(5)), lr=np.float32(0.5), probe_lr=np.float64(0.25))
+    assert config.seeds == (4, 5) and {type(seed) for seed in config.seeds} == {int}
+    assert (config.lr, config.probe_lr) == (0.5, 0.25) and type(config.lr) is type(config.probe_lr) is float
+
+
 def test_bias_vulnerability_checks_top_count_before_evaluating():
     class Unusable(nn.Module):
         def forward(self, images):

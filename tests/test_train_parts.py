@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
 
 import numpy as np
@@ -50,6 +51,13 @@ def test_recipe_defaults_follow_table_e3_and_the_linear_scaling_rule():
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_config_takes_numpy_numbers():
+    """A learning rate or seed read with NumPy (a sweep's grid, say) is taken as the Python number."""
+    config = TrainConfig(dataset="voc", model="hrnet_v1", lr=np.float32(0.25), seed=np.int64(3))
+    assert (config.lr, config.seed) == (0.25, 3) and (type(config.lr), type(config.seed)) == (float, int)
+    assert json.loads(json.dumps(config.to_dict()))["seed"] == 3  # what the trainer writes to config.json
 
 
 def test_command_line_builds_the_config():

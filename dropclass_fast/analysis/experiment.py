@@ -93,8 +93,7 @@ class ExperimentConfig:
             raise ValueError(f"reference must be one of {MODELS}, got {self.reference!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct ints, got {self.seeds!r}")
-        for seed in self.seeds:
-            check_seed(seed)
+        object.__setattr__(self, "seeds", tuple(check_seed(seed) for seed in self.seeds))  # NumPy ints as ints
         for name in ("iters", "batch_size", "train_length", "val_length", "probe_iters", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -108,9 +107,9 @@ class ExperimentConfig:
         if not isinstance(self.bn_batches, int) or self.bn_batches < 0:
             raise ValueError(f"bn_batches must be a non-negative int, got {self.bn_batches!r}")
         check_protocol(len(SyntheticStreets.class_names), self.top_count, self.vulnerable_count, self.fill)
-        check_learning_rate("probe_lr", self.probe_lr)
+        object.__setattr__(self, "probe_lr", check_learning_rate("probe_lr", self.probe_lr))
         if self.lr is not None:
-            check_learning_rate("lr", self.lr)
+            object.__setattr__(self, "lr", check_learning_rate("lr", self.lr))
         if not self.doc.endswith(".md"):
             raise ValueError(f"doc must be a Markdown file name ending in .md, got {self.doc!r}")
 

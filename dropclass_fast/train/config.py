@@ -8,6 +8,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from ..data.base import check_seed
+from ..functional import _is_number
 
 MODELS = ("hrnet_v1", "hrnet_v2", "deeplabv3")
 METHODS = ("baseline", "dropclass")
@@ -15,8 +16,9 @@ AMP_MODES = ("none", "bf16", "fp16")
 
 
 def check_learning_rate(name: str, value: object) -> float:
-    """``value`` as a float; ValueError naming ``name`` unless it is a finite positive number (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+    """``value`` as a float; ValueError naming ``name`` unless it is a finite positive number (Python or NumPy, not
+    a bool)."""
+    if not _is_number(value) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
@@ -110,9 +112,9 @@ class TrainConfig:
         for name in ("checkpoint_every", "eval_every", "workers", "bn_recalibration"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
-        if self.lr is not None:
-            check_learning_rate("lr", self.lr)
-        check_seed(self.seed)
+        if self.lr is not None:  # NumPy numbers become Python ones: config.json is written from these fields
+            self.lr = check_learning_rate("lr", self.lr)
+        self.seed = check_seed(self.seed)
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
             raise ValueError(f"crop_size must be two positive integers (H, W), got {self.crop_size}")
         if self.iters is not None and self.epochs is not None:
