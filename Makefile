@@ -7,7 +7,7 @@ CMAKE_BUILD := build/cmake
 SOURCES := setup.py pyproject.toml requirements-dev.txt \
 	$(wildcard csrc/*.cpp csrc/*.h csrc/kernels/*.cpp csrc/kernels/*.h csrc/cuda/*.cpp csrc/kernels/*.cu csrc/kernels/*.cuh)
 
-.PHONY: demo test lint cpp-test nvcc-check bench bench-report gpu-build gpu-test gpu-bench clean
+.PHONY: demo test lint cpp-test nvcc-check bench bench-report gpu-build gpu-test gpu-bench gpu-software-check clean
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,19 @@ gpu-bench: gpu-build
 	DROPCLASS_BENCH_DEVICES=cuda $(GPU_PYTHON) benchmarks/report.py --output-dir $(GPU_OUT) -- $(BENCH_ARGS)
 	$(GPU_PYTHON) benchmarks/report.py --json benchmarks/results.json --json $(GPU_OUT)/results.json
 	$(if $(BENCH_ARGS),@echo "BENCH_ARGS given: dropclass_fast/backend_table.json not updated",$(GPU_PYTHON) benchmarks/backend_table.py --json $(GPU_OUT)/results.json)
+
+# The GPU machine's software, without its GPU: a venv holding torch 2.11.0+cu130 (about 3 GB downloaded
+# once), the CUDA extension built against it by the local nvcc (CUDA 13; CUDA_HOME, default /usr/local/cuda)
+# in a clone of HEAD, and the whole suite run there on the CPU. Not part of `make test`.
+GPU_SW_VENV := $(abspath build/venv-torch211)
+GPU_SW_TREE := build/torch211-clone
+gpu-software-check:
+	test -x $(GPU_SW_VENV)/bin/python || $(PYTHON) -m venv $(GPU_SW_VENV)
+	grep -v '^torch==' requirements-dev.txt > build/requirements-torch211.txt
+	$(GPU_SW_VENV)/bin/pip install torch==2.11.0 -r build/requirements-torch211.txt
+	rm -rf $(GPU_SW_TREE) && git clone -q . $(GPU_SW_TREE)
+	cd $(GPU_SW_TREE) && CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} $(GPU_SW_VENV)/bin/pip install --no-deps --no-build-isolation -e .
+	cd $(GPU_SW_TREE) && $(GPU_SW_VENV)/bin/python -m pytest tests -q
 
 clean:
 	rm -rf build $(VENV) dropclass_fast/_C*.so *.egg-info

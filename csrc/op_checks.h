@@ -35,15 +35,18 @@ inline kernels::LabelType label_type(const at::Tensor& t) {
   return kernels::LabelType::Int64;
 }
 
-// `value` with the fewest significant digits that read back as the same double, as Python prints
-// it: a keep value of 1 + 1e-12 must not print as "1" in a message saying it is not 0 or 1.
+// `value` with the fewest significant digits that read back as the same double, and ".0" after a
+// whole number, as Python prints a float (the eager path's messages): a keep value of 1 + 1e-12
+// must not print as "1" in a message saying it is not 0 or 1.
 inline std::string shortest_repr(double value) {
   char text[32];
   for (int digits = 1; digits <= 17; ++digits) {
     std::snprintf(text, sizeof(text), "%.*g", digits, value);
     if (std::strtod(text, nullptr) == value) break;
   }
-  return text;
+  std::string out = text;
+  if (out.find_first_not_of("-0123456789") == std::string::npos) out += ".0";
+  return out;
 }
 
 // A keep mask's dtype and shape ([K] or [Bk, K], Bk in {1, B}), as [Bk, K]; its values are the

@@ -149,9 +149,11 @@ at::Tensor keep_to_mask(const at::Tensor& keep, int64_t B, int64_t K, const char
     mask = k2.to(at::kByte).contiguous();
   } else {
     at::Tensor kd = k2.detach();
-    const bool binary = kd.eq(0).logical_or(kd.eq(1)).all().item<bool>();
-    TORCH_CHECK_VALUE(binary, "keep must contain only 0 and 1 values, got ",
-                      checks::shortest_repr(kd.masked_select(kd.ne(0).logical_and(kd.ne(1))).flatten()[0].item<double>()));
+    const at::Tensor not_binary = kd.ne(0).logical_and(kd.ne(1));
+    if (not_binary.any().item<bool>()) {
+      const double value = kd.masked_select(not_binary).flatten()[0].item<double>();
+      TORCH_CHECK_VALUE(false, "keep must contain only 0 and 1 values, got ", checks::shortest_repr(value));
+    }
     mask = kd.ne(0).to(at::kByte).contiguous();
   }
   if (mask.numel() > 0) {

@@ -167,10 +167,12 @@ def test_keep_not_binary(backend):
         dcf.seg_cross_entropy(logits, target, keep)
 
 
-@pytest.mark.parametrize("value", [1 + 1e-12, 1e-60, -1e-300], ids=["near-1", "near-0", "negative-near-0"])
+@pytest.mark.parametrize(
+    "value", [1 + 1e-12, 1e-60, -1e-300, 2.0], ids=["near-1", "near-0", "negative-near-0", "whole"]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_float64_keep_near_0_or_1(backend, value, dtype):
-    """A float64 value that float32 rounds to 0 or 1 is refused on every path, and printed as Python does."""
+def test_float64_keep_value_not_0_or_1(backend, value, dtype):
+    """Refused on every path, also where float32 would round it to 0 or 1, and printed as Python prints it."""
     logits, target = seg_inputs()
     logits = logits.to(dtype)
     keep = torch.tensor([1.0, value, 1.0, 0.0, 1.0], dtype=torch.float64)
