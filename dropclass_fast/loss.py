@@ -34,6 +34,12 @@ class DropClassLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not isinstance(out, DropClassOutput):
             raise TypeError(f"out must be the DropClassOutput of DropClass in training mode, got {type(out).__name__}")
+        if not isinstance(out.logits, torch.Tensor):
+            raise TypeError(
+                f"out.logits must be the logits tensor [B, K, h, w], got {type(out.logits).__name__}: for a model "
+                f"that returns several outputs (an auxiliary head, say), pass "
+                f"DropClassOutput(main_logits, out.drop_logits, out.keep) and add the other outputs' losses yourself"
+            )
         return dcf.dropclass_loss(
             out.logits,
             out.drop_logits,

@@ -59,7 +59,8 @@ class DropClass(nn.Module):
         seed: seeds the masks: step ``n`` uses a generator seeded by
             ``(seed, n)``, so every DDP rank draws the same mask in paper mode;
             per-sample mode also mixes in the sample's global index.
-        bn_momentum: momentum of the ``select`` BatchNorm (official: 0.01).
+        bn_momentum: momentum of the ``select`` BatchNorm (official: 0.01), in ``[0, 1]``; ``None`` for a
+            cumulative average, as in ``nn.BatchNorm2d``.
 
     ``select`` is ``nn.Sequential(Conv2d(C, C, 1), BatchNorm2d(C), ReLU)``.
     ``step`` counts training forwards; ``state_dict`` saves it with ``seed``,
@@ -67,7 +68,7 @@ class DropClass(nn.Module):
     """
 
     def __init__(
-        self, classifier: nn.Conv2d, per_sample: bool = False, seed: int = 0, bn_momentum: float = 0.01
+        self, classifier: nn.Conv2d, per_sample: bool = False, seed: int = 0, bn_momentum: float | None = 0.01
     ) -> None:
         super().__init__()
         if not isinstance(classifier, nn.Conv2d):
@@ -83,11 +84,14 @@ class DropClass(nn.Module):
             raise TypeError(f"seed must be an int, got {seed!r}")
         if not isinstance(per_sample, bool):
             raise TypeError(f"per_sample must be a bool, got {per_sample!r}")
+        if bn_momentum is not None and (not dcf._is_number(bn_momentum) or not 0 <= bn_momentum <= 1):
+            raise ValueError(f"bn_momentum must be a number in [0, 1] or None (a cumulative average), "
+                             f"got {bn_momentum!r}")
         channels = classifier.in_channels
         self.classifier = classifier
         self.select = nn.Sequential(
             nn.Conv2d(channels, channels, 1, bias=True),
-            nn.BatchNorm2d(channels, momentum=bn_momentum),
+            nn.BatchNorm2d(channels, momentum=None if bn_momentum is None else float(bn_momentum)),
             nn.ReLU(inplace=True),
         )
         self.per_sample = bool(per_sample)

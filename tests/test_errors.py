@@ -11,7 +11,7 @@ from backends import CPU_BACKENDS
 from torch import nn
 
 import dropclass_fast
-from dropclass_fast import DropClass, DropClassLoss
+from dropclass_fast import DropClass, DropClassLoss, DropClassOutput
 from dropclass_fast import functional as dcf
 
 
@@ -269,3 +269,20 @@ def test_module_errors():
         per_sample(torch.randn(2, 8, 4, 4), progress=0.5, sample_index=torch.arange(3))
     with pytest.raises(TypeError, match="out must be the DropClassOutput"):
         DropClassLoss()(torch.randn(2, 5, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), progress=0.5)
+    several = DropClassOutput({"out": torch.randn(2, 5, 4, 4)}, torch.randn(2, 5, 4, 4), torch.ones(5))
+    with pytest.raises(TypeError, match=r"out.logits must be the logits tensor \[B, K, h, w\], got dict: .* "
+                                        r"DropClassOutput\(main_logits, out.drop_logits, out.keep\)"):
+        DropClassLoss()(several, torch.zeros(2, 4, 4, dtype=torch.long), progress=0.5)
+
+
+@pytest.mark.parametrize("momentum", ["0.1", -0.5, 1.5, float("nan"), True])
+def test_dropclass_refuses_a_bn_momentum_outside_0_1(momentum):
+    with pytest.raises(ValueError, match=r"bn_momentum must be a number in \[0, 1\] or None .* got "):
+        DropClass(nn.Conv2d(8, 5, 1), bn_momentum=momentum)
+
+
+@pytest.mark.parametrize("momentum", [None, 0, 1, np.float32(0.25)])
+def test_dropclass_takes_a_bn_momentum_in_0_1_or_none(momentum):
+    norm = DropClass(nn.Conv2d(8, 5, 1), bn_momentum=momentum).select[1]
+    assert norm.momentum == (None if momentum is None else float(momentum))
+    assert norm.momentum is None or type(norm.momentum) is float

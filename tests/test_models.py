@@ -227,6 +227,19 @@ def test_attach_dropclass_matches_a_hand_built_dropclass():
     torch.testing.assert_close(predict(wrapper, x), expected_pred)
 
 
+def test_sample_index_reaches_the_dropclass_of_an_attached_and_a_built_in_model():
+    toy = _Toy()
+    toy.head.cls = nn.Conv2d(8, 19, 1)
+    wrapper = attach_dropclass(toy, classifier="head.cls", per_sample=True, seed=5).train()
+    built_in = build_model("hrnet_v1", num_classes=19, dropclass=True, per_sample=True, seed=5).train()
+    index = torch.tensor([40, 7, 123])
+    for model in (wrapper, built_in):
+        expected = model.dropclass.sample_keep(1.0, 3, step=0, sample_index=index)
+        assert not torch.equal(expected, model.dropclass.sample_keep(1.0, 3, step=0))  # the default indices 0, 1, 2
+        out = model(torch.randn(3, 3, 32, 32), progress=1.0, sample_index=index)
+        torch.testing.assert_close(out.keep, expected)
+
+
 def test_attach_dropclass_to_a_baseline_hrnet_equals_the_built_in_dropclass_hrnet():
     built_in = _hrnet_v1(seed=1)
     baseline = _hrnet_v1(dropclass=False, seed=2)

@@ -18,6 +18,7 @@ class _ForwardCall:
 
     progress: float | None
     keep: torch.Tensor | None
+    sample_index: torch.Tensor | None
     drop_logits: torch.Tensor | None = None
     used_keep: torch.Tensor | None = None
 
@@ -46,7 +47,7 @@ class AttachedClassifier(nn.Module):
             )
         if call.drop_logits is not None:
             raise RuntimeError("the classifier replaced by attach_dropclass was called more than once in one forward")
-        out = self.dropclass(features, progress=call.progress, keep=call.keep)
+        out = self.dropclass(features, progress=call.progress, keep=call.keep, sample_index=call.sample_index)
         call.drop_logits, call.used_keep = out.drop_logits, out.keep
         return out.logits
 
@@ -54,8 +55,10 @@ class AttachedClassifier(nn.Module):
 class DropClassModel(nn.Module):
     """A user model whose classifier :func:`attach_dropclass` put inside a :class:`DropClass`.
 
-    ``forward(x, *args, progress=None, keep=None, **kwargs)`` runs
-    ``model(x, *args, **kwargs)``. In training it returns
+    ``forward(x, *args, progress=None, keep=None, sample_index=None, **kwargs)``
+    runs ``model(x, *args, **kwargs)`` (``sample_index``: the global indices
+    ``[B]`` of the batch's samples for per-sample masks, as in
+    :meth:`DropClass.forward`). In training it returns
     ``DropClassOutput(model_output, drop_logits, keep)``: ``model_output`` is
     what the model returns (computed with the original classifier ``h(A)``),
     ``drop_logits`` = ``h(A_drop)`` at the classifier's own resolution, even if
@@ -87,13 +90,19 @@ class DropClassModel(nn.Module):
         return self.attached.dropclass
 
     def forward(
-        self, x: Any, *args: Any, progress: float | None = None, keep: torch.Tensor | None = None, **kwargs: Any
+        self,
+        x: Any,
+        *args: Any,
+        progress: float | None = None,
+        keep: torch.Tensor | None = None,
+        sample_index: torch.Tensor | None = None,
+        **kwargs: Any,
     ) -> DropClassOutput | Any:
         attached = self.attached
         check_dropclass_call(attached, progress, keep)
         if attached.call is not None:
             raise RuntimeError(f"a forward of this model is already running through {self.classifier_name!r}")
-        call = _ForwardCall(progress, keep)
+        call = _ForwardCall(progress, keep, sample_index)
         attached.call = call
         try:
             output = self.model(x, *args, **kwargs)

@@ -39,13 +39,14 @@ class SegmentationModel(nn.Module):
     modules turn the encoding into ``A``). Keeping the classifier inside the
     original ``nn.Sequential`` keeps the parameter names of the original model.
 
-    ``forward(images, progress=None, keep=None)``:
+    ``forward(images, progress=None, keep=None, sample_index=None)``:
 
     * with DropClass in training mode, ``DropClassOutput(logits, drop_logits,
-      keep)`` at the model's output resolution (``progress`` or ``keep`` required);
+      keep)`` at the model's output resolution (``progress`` or ``keep`` required;
+      ``sample_index`` as in :meth:`DropClass.forward`);
     * otherwise the logits ``[B, K, h, w]`` (DropClass in eval mode: the drop
       path ``h(select(A))`` with every class kept, unless ``keep`` is given).
-      A baseline ignores ``progress`` and ``keep``.
+      A baseline ignores ``progress``, ``keep`` and ``sample_index``.
     """
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -77,7 +78,11 @@ class SegmentationModel(nn.Module):
         return x
 
     def forward(
-        self, images: torch.Tensor, progress: float | None = None, keep: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        progress: float | None = None,
+        keep: torch.Tensor | None = None,
+        sample_index: torch.Tensor | None = None,
     ) -> DropClassOutput | torch.Tensor:
         """``images``: ``[B, 3, H, W]`` float; see the class docstring for what comes back."""
         features = self.features(images)
@@ -85,7 +90,7 @@ class SegmentationModel(nn.Module):
         if not isinstance(final, DropClass):
             return final(features)
         check_dropclass_call(final, progress, keep)
-        return final(features, progress=progress, keep=keep)
+        return final(features, progress=progress, keep=keep, sample_index=sample_index)
 
 
 def predict(model: nn.Module, images: torch.Tensor, align_corners: bool = False) -> torch.Tensor:
