@@ -145,7 +145,12 @@ def test_auto_falls_back_to_eager_with_one_warning(monkeypatch):
 
 COMPILE_CASES = [
     pytest.param("cpp", "cpu", id="cpp"),
-    pytest.param("triton", "cuda" if torch.cuda.is_available() else "cpu", id="triton"),
+    pytest.param(
+        "triton",
+        "cuda" if torch.cuda.is_available() else "cpu",
+        id="triton",
+        marks=[pytest.mark.gpu] if torch.cuda.is_available() else [],
+    ),
     pytest.param(
         "cuda",
         "cuda",

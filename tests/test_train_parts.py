@@ -145,6 +145,18 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     assert _draws() == expected
 
 
+def test_cuda_rng_states_are_restored_on_the_devices_visible_now(monkeypatch):
+    """A checkpoint saved with two GPUs visible resumes with one: its first state goes to device 0."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    saved = [torch.full((4,), 1, dtype=torch.uint8), torch.full((4,), 2, dtype=torch.uint8)]
+    set_rng_state({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                   "cuda": saved})  # fmt: skip
+    assert len(restored) == 1 and restored[0][1] == 0 and torch.equal(restored[0][0], saved[0])
+
+
 def test_load_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")

@@ -22,6 +22,7 @@ triton_backend = pytest.importorskip("dropclass_fast.triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not triton_backend.INTERPRET:
     pytest.skip("no CUDA device and TRITON_INTERPRET=1 was not set before import", allow_module_level=True)
+pytestmark = [pytest.mark.gpu] if DEVICE == "cuda" else []  # on a GPU these run compiled, in `pytest -m gpu` too
 make_keep = functools.partial(op_inputs.make_keep, device=DEVICE)
 make_target = functools.partial(op_inputs.make_target, device=DEVICE)
 

@@ -259,6 +259,8 @@ class _Run:
                 parts = self._step(images, labels)
                 self.iteration += 1
                 if self.iteration % config.log_every == 0 or self.iteration == stop:
+                    if context.device.type == "cuda":  # the backward and the optimizer step are only queued
+                        torch.cuda.synchronize(context.device)
                     seconds = time.perf_counter() - started  # the step's, without the collective below
                     parts = self._mean_over_ranks(parts)  # every rank: a collective
                     if log is not None:
