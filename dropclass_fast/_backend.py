@@ -112,6 +112,14 @@ def _cuda_unavailable(device_type: str) -> str | None:
     return None
 
 
+def without_triton(device_type: str, reason: str) -> str:
+    """``"cuda"`` or ``"eager"``: where the Triton kernels cannot take a call (``reason``) that ``resolve`` gave
+    them under ``"auto"``, the CUDA kernels, else the eager reference. ValueError when the backend is ``"triton"``."""
+    if _current == "triton":
+        raise ValueError(f"backend 'triton' cannot run this call: {reason}; set_backend('cuda') or 'eager' can")
+    return "cuda" if _cuda_unavailable(device_type) is None else "eager"
+
+
 @functools.lru_cache(maxsize=1)
 def measured_table() -> dict[str, dict[str, str]]:
     """``backend_table.json``: GPU name -> op name -> fastest backend measured there (empty if absent)."""

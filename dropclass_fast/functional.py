@@ -177,6 +177,21 @@ def _triton():
     return ops
 
 
+def _cross_entropy_implementation(op: str, logits: torch.Tensor, target: torch.Tensor, align_corners: bool) -> str:
+    """:func:`_implementation` of an op that upsamples ``logits`` to ``target``'s size, where the Triton kernels'
+    windows cannot hold the upsampling (about 128x and more): the CUDA kernels or eager under ``auto``, an error
+    under ``"triton"`` (:func:`_backend.without_triton`). Not checked while tracing (shapes may be symbolic)."""
+    implementation = _implementation(op, logits)
+    if implementation != "triton" or torch.compiler.is_compiling():
+        return implementation
+    from .triton.seg_cross_entropy import unsupported_upsampling
+
+    reason = unsupported_upsampling(logits.shape, target.shape, align_corners)
+    if reason is None:
+        return "triton"
+    return "compiled" if _backend.without_triton(logits.device.type, reason) == "cuda" else "eager"
+
+
 def _checking_values() -> bool:
     return not torch.compiler.is_compiling()
 
@@ -266,7 +281,7 @@ def seg_cross_entropy(
     num_classes = logits.shape[1]
     if keep is not None:
         keep = _check_keep(keep, logits.shape[0], num_classes, logits, "logits")
-    implementation = _implementation("seg_cross_entropy", logits)
+    implementation = _cross_entropy_implementation("seg_cross_entropy", logits, target, align_corners)
     if implementation == "eager":
         if _checking_values():
             _check_label_values(target, num_classes, ignore_index)
@@ -347,7 +362,7 @@ def dropclass_loss(
         )
     target = _check_target(target, logits)
     _require_same_device("drop_logits", drop_logits, "logits", logits)
-    implementation = _implementation("dropclass_loss", logits)
+    implementation = _cross_entropy_implementation("dropclass_loss", logits, target, align_corners)
     if logits.dtype == drop_logits.dtype and implementation != "eager":
         keep = _check_keep(keep, logits.shape[0], logits.shape[1], logits, "logits")
         rows = _keep_as_rows(keep, logits.dtype)

@@ -301,6 +301,9 @@ def test_deterministic_mode_is_bit_identical():
         (150, (128, 256, 512, 1024), [(32, 8, 4), (16, 8, 4)]),  # ADE20K: BLOCK_K=256 leaves 32 and 16 columns
         (600, (16, 32, 64, 128), [(16, 8, 4)]),  # no tile fits: the narrowest window alone
         (600, (4, 4, 16, 160), [(128, 8, 8)]),  # ... that holds a stencil (x40 upsampling)
+        (5, (1, 1, 4, 300), [(512, 8, 8)]),  # a stencil wider than every candidate: the widest window
+        (40, (1, 1, 4, 300), []),  # ... whose shared memory takes at most 32 classes
+        (5, (1, 1, 4, 600), []),  # ... or holds no more than 512 columns
     ],
 )
 def test_cross_entropy_candidates_respect_the_register_tile(num_classes, sizes, expected):
@@ -314,6 +317,25 @@ def test_cross_entropy_candidates_respect_the_register_tile(num_classes, sizes, 
         assert found[0] == kernel.CANDIDATES[0]
         expected = [c for c in kernel.CANDIDATES if kernel._block_k(num_classes) * c[0] <= kernel.MAX_TILE_ELEMENTS]
     assert found == expected
+
+
+def test_upsampling_past_the_widest_window_is_refused_by_triton_and_left_to_others_under_auto(monkeypatch):
+    """1 logit column to 600 label columns: no Triton window holds the stencil. Backend "triton" says so; "auto"
+    (which picks Triton on a GPU) runs the CUDA kernels, or (as here, without them) the eager reference."""
+    logits = make_logits(2, 5, (3, 1))
+    target = make_target(2, 5, (4, 600))
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0], device=DEVICE)
+    expected = reference.seg_cross_entropy(logits, target, keep)
+    message = r"backend 'triton' cannot run this call: upsampling 1 logit columns to 600 label columns with K=5"
+    with dropclass_fast.set_backend("triton"), pytest.raises(ValueError, match=message):
+        dcf.seg_cross_entropy(logits, target, keep)
+    with dropclass_fast.set_backend("triton"), pytest.raises(ValueError, match=message):
+        dcf.dropclass_loss(logits, logits, target, keep, progress=0.5)
+    monkeypatch.setattr(dropclass_fast._backend, "resolve", lambda device_type, op="": "triton")  # auto on a GPU
+    torch.testing.assert_close(dcf.seg_cross_entropy(logits, target, keep), expected)
+    total, _ = dcf.dropclass_loss(logits, logits, target, keep, progress=0.5)
+    expected_total, _ = reference.dropclass_loss(logits, logits, target, keep, 0.5)
+    torch.testing.assert_close(total, expected_total)
 
 
 def test_tuning_leaves_out_candidates_the_gpu_cannot_launch(monkeypatch):

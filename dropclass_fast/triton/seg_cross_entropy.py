@@ -235,6 +235,11 @@ def _seg_cross_entropy_kernel(
 # the downsampling factor times its width: at 16x the 32-column window needs 192 KiB, more than an A100 has.
 CANDIDATES = ((64, 8, 8), (128, 8, 8), (32, 8, 4), (64, 4, 4), (64, 8, 4), (256, 8, 8), (16, 8, 4))
 MAX_TILE_ELEMENTS = 8192  # BLOCK_K * TX per register tile
+# The window of extreme upsampling (a source column's stencil wider than every candidate's). Compiled for sm_90:
+# 128 KiB of shared memory at BLOCK_K=16, 192 KiB at 32, 384 KiB at 64; 1024 columns need 256 KiB at 16, more than
+# a block of an H100 may have (227 KiB).
+WIDEST_WINDOW = 512
+WIDEST_WINDOW_BLOCK_K = 32
 
 
 def _block_k(num_classes: int) -> int:
@@ -244,7 +249,8 @@ def _block_k(num_classes: int) -> int:
 def _feasible(shape: tuple[int, int, int, int, int], align_corners: bool) -> list[tuple[tuple[int, int, int], Plan]]:
     """Candidates (and their plans) whose register tile ``BLOCK_K * TX`` fits and whose windows hold every source
     column's stencil, in ``CANDIDATES`` order. Where none qualifies (very many classes, or upsampling so strong
-    that one source column reaches past the fitting windows), the narrowest window that holds the stencils, alone."""
+    that one source column reaches past the fitting windows), the narrowest window that holds the stencils, alone;
+    none where not even :data:`WIDEST_WINDOW` does (see :func:`unsupported_upsampling`)."""
     num_classes, h, w, out_h, out_w = shape
 
     def with_plans(configs: list[tuple[int, int, int]]) -> list[tuple[tuple[int, int, int], Plan]]:
@@ -254,12 +260,25 @@ def _feasible(shape: tuple[int, int, int, int, int], align_corners: bool) -> lis
     fits = [config for config in CANDIDATES if _block_k(num_classes) * config[0] <= MAX_TILE_ELEMENTS]
     oversized = sorted((config for config in CANDIDATES if config not in fits), key=lambda config: config[0])
     found = with_plans(fits) or with_plans(oversized)[:1]
-    if not found:  # extreme upsampling: one source column's stencil is wider than every candidate window
-        tile_cols = 512
-        while (plan := make_plan(h, w, out_h, out_w, align_corners, 8, tile_cols)) is None:
-            tile_cols *= 2
-        found.append(((tile_cols, 8, 8), plan))
+    if not found and _block_k(num_classes) <= WIDEST_WINDOW_BLOCK_K:  # a stencil wider than every candidate window
+        plan = make_plan(h, w, out_h, out_w, align_corners, 8, WIDEST_WINDOW)
+        if plan is not None:
+            found.append(((WIDEST_WINDOW, 8, 8), plan))
     return found
+
+
+def unsupported_upsampling(logits_shape: torch.Size, target_shape: torch.Size, align_corners: bool) -> str | None:
+    """Why the kernel cannot take logits ``[B, K, h, w]`` to labels ``[B, H, W]``, or None when it can: a source
+    column whose bilinear stencil spans more output columns than any window holds (about 128x upsampling and
+    more) does not fit in one program's shared memory."""
+    _, num_classes, h, w = logits_shape
+    _, out_h, out_w = target_shape
+    if 0 in (h, w, out_h, out_w) or _feasible((num_classes, h, w, out_h, out_w), align_corners):
+        return None
+    return (
+        f"upsampling {w} logit columns to {out_w} label columns with K={num_classes} classes needs a window wider "
+        f"than the kernel's {WIDEST_WINDOW} columns (at most {WIDEST_WINDOW_BLOCK_K} classes at that width)"
+    )
 
 
 @functools.lru_cache(maxsize=64)
