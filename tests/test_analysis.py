@@ -32,7 +32,7 @@ from dropclass_fast.analysis.experiment import ExperimentConfig, _json_values
 from dropclass_fast.analysis.frequency import paper_frequency_mode
 from dropclass_fast.data import SegmentationDataset, SyntheticStreets, TrainTransform
 from dropclass_fast.metrics import vulnerability_order
-from dropclass_fast.models import build_model, predict
+from dropclass_fast.models import attach_dropclass, build_model, predict
 from dropclass_fast.train import ResumableSampler
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -261,6 +261,51 @@ def test_batchnorm_recalibration_averages_the_batch_statistics():
             variances.append(x.var(1, unbiased=True))
     torch.testing.assert_close(model.bn1.running_mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(model.bn1.running_var, torch.stack(variances).mean(0), rtol=1e-4, atol=1e-6)
+
+
+class _OwnModel(nn.Module):
+    """A user's model: BatchNorm on the images, then a 1x1 classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(3, momentum=0.01)
+        self.cls = nn.Conv2d(3, 4, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.cls(self.norm(images))
+
+
+@pytest.mark.parametrize("attached", [False, True], ids=["plain", "attach_dropclass"])
+def test_batchnorm_recalibration_of_a_users_own_model_and_dataset(attached):
+    """Any model (plain, or wrapped by attach_dropclass) and any dataset of (image, label) pairs: BatchNorm on the
+    images ends with the images' channel mean over the batches, and the DropClass step count is left as it was."""
+    torch.manual_seed(0)
+    scale, shift = torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1), torch.tensor([4.0, -1.0, 0.5]).view(3, 1, 1)
+    images = torch.randn(6, 3, 5, 7) * scale + shift
+    dataset = torch.utils.data.TensorDataset(images, torch.zeros(6, 5, 7, dtype=torch.long))  # no set_epoch
+    model = _OwnModel()
+    if attached:
+        model = attach_dropclass(model, "cls")
+        model.dropclass.step = 7
+    returned = recalibrate_batchnorm(model, dataset, batches=3, batch_size=2)
+    norm = model.model.norm if attached else model.norm
+    assert returned is model and not model.training and norm.momentum == 0.01
+    torch.testing.assert_close(norm.running_mean, images.mean((0, 2, 3)))  # three equal batches cover the dataset
+    if attached:
+        assert model.dropclass.step == 7
+
+
+def test_batchnorm_recalibration_refuses_a_dropclass_it_cannot_drive():
+    class Standalone(nn.Module):  # DropClass called in the model's own forward: it would need progress or keep
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.BatchNorm2d(3)
+            self.head = DropClass(nn.Conv2d(3, 4, 1))
+
+    dataset = torch.utils.data.TensorDataset(torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="model must be a SegmentationModel, the DropClassModel of attach_dropclass "
+                                        "or a model without DropClass, got Standalone"):
+        recalibrate_batchnorm(Standalone(), dataset, batches=1, batch_size=2)
 
 
 def test_synthetic_experiment_writes_its_report(tmp_path):

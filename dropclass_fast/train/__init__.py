@@ -5,6 +5,7 @@
 checkpoints, exact resume, a CSV log and per-class IoU at the end.
 """
 
+from .batchnorm import recalibrate_batchnorm
 from .checkpoint import load_checkpoint, save_atomic
 from .cli import main
 from .config import RECIPES, Recipe, TrainConfig, build_parser, check_learning_rate, config_from_args
@@ -24,6 +25,7 @@ __all__ = [
     "load_checkpoint",
     "main",
     "poly_lr",
+    "recalibrate_batchnorm",
     "save_atomic",
     "train",
 ]
