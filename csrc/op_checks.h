@@ -6,9 +6,12 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "kernels/channel_mask.h"
@@ -35,18 +38,24 @@ inline kernels::LabelType label_type(const at::Tensor& t) {
   return kernels::LabelType::Int64;
 }
 
-// `value` with the fewest significant digits that read back as the same double, and ".0" after a
-// whole number, as Python prints a float (the eager path's messages): a keep value of 1 + 1e-12
-// must not print as "1" in a message saying it is not 0 or 1.
+// `value` as Python's repr prints a float (the eager path's messages): the fewest significant digits
+// that read back as the same double, in fixed notation with at least one decimal for exponents
+// -4 to 15 and in exponent notation otherwise. A keep value of 1 + 1e-12 must not print as "1" in
+// a message saying it is not 0 or 1.
 inline std::string shortest_repr(double value) {
-  char text[32];
-  for (int digits = 1; digits <= 17; ++digits) {
-    std::snprintf(text, sizeof(text), "%.*g", digits, value);
+  if (!std::isfinite(value)) return std::isnan(value) ? "nan" : (value < 0 ? "-inf" : "inf");
+  char text[64];
+  int digits = 1;
+  for (; digits < 17; ++digits) {
+    std::snprintf(text, sizeof(text), "%.*e", digits - 1, value);
     if (std::strtod(text, nullptr) == value) break;
   }
-  std::string out = text;
-  if (out.find_first_not_of("-0123456789") == std::string::npos) out += ".0";
-  return out;
+  std::snprintf(text, sizeof(text), "%.*e", digits - 1, value);
+  const int exponent = std::atoi(std::strchr(text, 'e') + 1);
+  if (exponent < -4 || exponent >= 16) return text;
+  const int decimals = std::max(digits - 1 - exponent, 1);
+  std::snprintf(text, sizeof(text), "%.*f", decimals, value);
+  return text;
 }
 
 // A keep mask's dtype and shape ([K] or [Bk, K], Bk in {1, B}), as [Bk, K]; its values are the

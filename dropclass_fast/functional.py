@@ -95,8 +95,9 @@ def _check_keep(keep: object, batch: int, num_classes: int, like: torch.Tensor, 
 def _keep_as_rows(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``keep`` as a contiguous ``[1, K]`` or ``[B, K]`` tensor of the kernels' accumulate dtype.
 
-    A float64 ``keep`` going to float32 has its values checked first: rounding would turn a value such as
-    ``1 + 1e-12`` into 1, which the kernels' checks would then accept.
+    A float64 ``keep`` going to float32 has its values checked first (outside ``torch.compile``, like the eager
+    path's checks): rounding would turn a value such as ``1 + 1e-12`` into 1, which the kernels' checks would
+    then accept.
     """
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
     if keep.dtype == torch.float64 and accumulate == torch.float32 and _checking_values():
@@ -177,19 +178,21 @@ def _triton():
     return ops
 
 
-def _cross_entropy_implementation(op: str, logits: torch.Tensor, target: torch.Tensor, align_corners: bool) -> str:
-    """:func:`_implementation` of an op that upsamples ``logits`` to ``target``'s size, where the Triton kernels'
-    windows cannot hold the upsampling (about 128x and more): the CUDA kernels or eager under ``auto``, an error
-    under ``"triton"`` (:func:`_backend.without_triton`). Not checked while tracing (shapes may be symbolic)."""
-    implementation = _implementation(op, logits)
+def _cross_entropy_implementation(op: str, target: torch.Tensor, align_corners: bool, *logits: torch.Tensor) -> str:
+    """:func:`_implementation` of an op that upsamples each of ``logits`` to ``target``'s size, where the Triton
+    kernels' windows cannot hold the upsampling (about 128x and more): the CUDA kernels or eager under ``auto``, an
+    error under ``"triton"`` (:func:`_backend.without_triton`). Not checked while tracing (shapes may be symbolic):
+    a compiled call the Triton kernels cannot take raises that ValueError when it runs."""
+    implementation = _implementation(op, logits[0])
     if implementation != "triton" or torch.compiler.is_compiling():
         return implementation
     from .triton.seg_cross_entropy import unsupported_upsampling
 
-    reason = unsupported_upsampling(logits.shape, target.shape, align_corners)
-    if reason is None:
-        return "triton"
-    return "compiled" if _backend.without_triton(logits.device.type, reason) == "cuda" else "eager"
+    for each in logits:
+        reason = unsupported_upsampling(each.shape, target.shape, align_corners)
+        if reason is not None:
+            return "compiled" if _backend.without_triton(each.device.type, reason) == "cuda" else "eager"
+    return "triton"
 
 
 def _checking_values() -> bool:
@@ -281,7 +284,7 @@ def seg_cross_entropy(
     num_classes = logits.shape[1]
     if keep is not None:
         keep = _check_keep(keep, logits.shape[0], num_classes, logits, "logits")
-    implementation = _cross_entropy_implementation("seg_cross_entropy", logits, target, align_corners)
+    implementation = _cross_entropy_implementation("seg_cross_entropy", target, align_corners, logits)
     if implementation == "eager":
         if _checking_values():
             _check_label_values(target, num_classes, ignore_index)
@@ -362,7 +365,7 @@ def dropclass_loss(
         )
     target = _check_target(target, logits)
     _require_same_device("drop_logits", drop_logits, "logits", logits)
-    implementation = _cross_entropy_implementation("dropclass_loss", logits, target, align_corners)
+    implementation = _cross_entropy_implementation("dropclass_loss", target, align_corners, logits, drop_logits)
     if logits.dtype == drop_logits.dtype and implementation != "eager":
         keep = _check_keep(keep, logits.shape[0], logits.shape[1], logits, "logits")
         rows = _keep_as_rows(keep, logits.dtype)

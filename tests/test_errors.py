@@ -168,7 +168,9 @@ def test_keep_not_binary(backend):
 
 
 @pytest.mark.parametrize(
-    "value", [1 + 1e-12, 1e-60, -1e-300, 2.0], ids=["near-1", "near-0", "negative-near-0", "whole"]
+    "value",
+    [1 + 1e-12, 1e-60, -1e-300, 2.0, 2500.0, 1e16, 1.5e-5],
+    ids=["near-1", "near-0", "negative-near-0", "whole", "whole-2500", "exponent-16", "exponent-minus-5"],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_float64_keep_value_not_0_or_1(backend, value, dtype):

@@ -55,9 +55,11 @@ def test_config_rejects_bad_values(kwargs, message):
 
 def test_config_takes_numpy_numbers():
     """A learning rate or seed read with NumPy (a sweep's grid, say) is taken as the Python number."""
-    config = TrainConfig(dataset="voc", model="hrnet_v1", lr=np.float32(0.25), seed=np.int64(3))
+    config = TrainConfig(dataset="voc", model="hrnet_v1", lr=np.float32(0.25), seed=np.int64(3), alpha=np.float32(5),
+                         iters=np.int64(10), crop_size=(np.int64(64), np.int64(96)))  # fmt: skip
     assert (config.lr, config.seed) == (0.25, 3) and (type(config.lr), type(config.seed)) == (float, int)
-    assert json.loads(json.dumps(config.to_dict()))["seed"] == 3  # what the trainer writes to config.json
+    written = json.loads(json.dumps(config.to_dict()))  # what the trainer writes to config.json
+    assert (written["seed"], written["alpha"], written["iters"], written["crop_size"]) == (3, 5.0, 10, [64, 96])
 
 
 def test_command_line_builds_the_config():

@@ -7,6 +7,7 @@ the same tests run the compiled kernels on CUDA tensors.
 from __future__ import annotations
 
 import functools
+import re
 
 import op_inputs
 import pytest
@@ -302,8 +303,6 @@ def test_deterministic_mode_is_bit_identical():
         (600, (16, 32, 64, 128), [(16, 8, 4)]),  # no tile fits: the narrowest window alone
         (600, (4, 4, 16, 160), [(128, 8, 8)]),  # ... that holds a stencil (x40 upsampling)
         (5, (1, 1, 4, 300), [(512, 8, 8)]),  # a stencil wider than every candidate: the widest window
-        (40, (1, 1, 4, 300), []),  # ... whose shared memory takes at most 32 classes
-        (5, (1, 1, 4, 600), []),  # ... or holds no more than 512 columns
     ],
 )
 def test_cross_entropy_candidates_respect_the_register_tile(num_classes, sizes, expected):
@@ -319,23 +318,52 @@ def test_cross_entropy_candidates_respect_the_register_tile(num_classes, sizes, 
     assert found == expected
 
 
+@pytest.mark.parametrize(
+    "num_classes, sizes, refused",
+    [
+        (5, (1, 1, 4, 300), False),  # the widest window (512 columns) holds the stencil
+        (19, (1, 1, 4, 300), True),  # ... but only up to 16 classes (192 KiB of shared memory at 32: over an A100's)
+        (5, (1, 1, 4, 600), True),  # a stencil wider than 512 columns
+    ],
+)
+def test_unsupported_upsampling(num_classes, sizes, refused):
+    from dropclass_fast.triton import seg_cross_entropy as kernel
+
+    h, w, out_h, out_w = sizes
+    reason = kernel.unsupported_upsampling((2, num_classes, h, w), (2, out_h, out_w), False)
+    assert (reason is not None) == refused
+    if refused:
+        assert reason.startswith(f"upsampling {w} logit columns to {out_w} label columns with K={num_classes}")
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            kernel._feasible((num_classes, *sizes), False)
+
+
 def test_upsampling_past_the_widest_window_is_refused_by_triton_and_left_to_others_under_auto(monkeypatch):
     """1 logit column to 600 label columns: no Triton window holds the stencil. Backend "triton" says so; "auto"
-    (which picks Triton on a GPU) runs the CUDA kernels, or (as here, without them) the eager reference."""
-    logits = make_logits(2, 5, (3, 1))
+    (which picks Triton on a GPU) runs the CUDA kernels, or (as here, without them) the eager reference. In
+    dropclass_loss either logits may be the one: drop_logits keep the classifier's resolution."""
+    narrow = make_logits(2, 5, (3, 1))
+    full = make_logits(2, 5, (4, 600))
     target = make_target(2, 5, (4, 600))
     keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0], device=DEVICE)
-    expected = reference.seg_cross_entropy(logits, target, keep)
     message = r"backend 'triton' cannot run this call: upsampling 1 logit columns to 600 label columns with K=5"
-    with dropclass_fast.set_backend("triton"), pytest.raises(ValueError, match=message):
-        dcf.seg_cross_entropy(logits, target, keep)
-    with dropclass_fast.set_backend("triton"), pytest.raises(ValueError, match=message):
-        dcf.dropclass_loss(logits, logits, target, keep, progress=0.5)
+    with dropclass_fast.set_backend("triton"):
+        with pytest.raises(ValueError, match=message):
+            dcf.seg_cross_entropy(narrow, target, keep)
+        for logits, drop_logits in ((narrow, narrow), (full, narrow)):
+            with pytest.raises(ValueError, match=message):
+                dcf.dropclass_loss(logits, drop_logits, target, keep, progress=0.5)
     monkeypatch.setattr(dropclass_fast._backend, "resolve", lambda device_type, op="": "triton")  # auto on a GPU
-    torch.testing.assert_close(dcf.seg_cross_entropy(logits, target, keep), expected)
-    total, _ = dcf.dropclass_loss(logits, logits, target, keep, progress=0.5)
-    expected_total, _ = reference.dropclass_loss(logits, logits, target, keep, 0.5)
-    torch.testing.assert_close(total, expected_total)
+    expected = reference.seg_cross_entropy(narrow, target, keep)
+    torch.testing.assert_close(dcf.seg_cross_entropy(narrow, target, keep), expected)
+    for logits, drop_logits in ((narrow, narrow), (full, narrow)):
+        total, _ = dcf.dropclass_loss(logits, drop_logits, target, keep, progress=0.5)
+        expected, _ = reference.dropclass_loss(logits, drop_logits, target, keep, 0.5)
+        torch.testing.assert_close(total, expected)
+    # compiled, the choice is not made while tracing: the Triton op itself says why it cannot run
+    compiled = torch.compile(dcf.seg_cross_entropy, fullgraph=True, backend="eager")
+    with pytest.raises(ValueError, match="upsampling 1 logit columns to 600 label columns with K=5"):
+        compiled(narrow, target, keep)
 
 
 def test_tuning_leaves_out_candidates_the_gpu_cannot_launch(monkeypatch):

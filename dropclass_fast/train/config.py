@@ -7,6 +7,8 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
+
 from ..data.base import check_seed
 from ..functional import _is_number
 
@@ -112,7 +114,7 @@ class TrainConfig:
         for name in ("checkpoint_every", "eval_every", "workers", "bn_recalibration"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
-        if self.lr is not None:  # NumPy numbers become Python ones: config.json is written from these fields
+        if self.lr is not None:
             self.lr = check_learning_rate("lr", self.lr)
         self.seed = check_seed(self.seed)
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
@@ -171,7 +173,16 @@ class TrainConfig:
         return tuple(self.crop_size) if self.crop_size else self.recipe.crop_size
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, NumPy numbers (a sweep's grid, say) as Python ones: the trainer writes this as JSON."""
+        return {name: _python_numbers(value) for name, value in asdict(self).items()}
+
+
+def _python_numbers(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_python_numbers(item) for item in value)
+    return value
 
 
 def build_parser(datasets: tuple[str, ...], description: str, prog: str | None = None) -> argparse.ArgumentParser:

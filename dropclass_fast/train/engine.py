@@ -255,12 +255,16 @@ class _Run:
         while self.iteration < stop:
             epoch, position = divmod(self.iteration, self.iters_per_epoch)
             for images, labels in self._epoch_batches(epoch, position):
+                logged = (self.iteration + 1) % config.log_every == 0 or self.iteration + 1 == stop
+                timed_on_gpu = logged and context.device.type == "cuda"  # the GPU runs behind the queued work
+                if timed_on_gpu:
+                    torch.cuda.synchronize(context.device)  # earlier steps' work is not this step's
                 started = time.perf_counter()
                 parts = self._step(images, labels)
                 self.iteration += 1
-                if self.iteration % config.log_every == 0 or self.iteration == stop:
-                    if context.device.type == "cuda":  # the backward and the optimizer step are only queued
-                        torch.cuda.synchronize(context.device)
+                if logged:
+                    if timed_on_gpu:
+                        torch.cuda.synchronize(context.device)  # the backward and the optimizer step have run
                     seconds = time.perf_counter() - started  # the step's, without the collective below
                     parts = self._mean_over_ranks(parts)  # every rank: a collective
                     if log is not None:

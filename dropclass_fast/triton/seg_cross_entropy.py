@@ -236,10 +236,10 @@ def _seg_cross_entropy_kernel(
 CANDIDATES = ((64, 8, 8), (128, 8, 8), (32, 8, 4), (64, 4, 4), (64, 8, 4), (256, 8, 8), (16, 8, 4))
 MAX_TILE_ELEMENTS = 8192  # BLOCK_K * TX per register tile
 # The window of extreme upsampling (a source column's stencil wider than every candidate's). Compiled for sm_90:
-# 128 KiB of shared memory at BLOCK_K=16, 192 KiB at 32, 384 KiB at 64; 1024 columns need 256 KiB at 16, more than
-# a block of an H100 may have (227 KiB).
+# 128 KiB of shared memory at BLOCK_K=16, 192 KiB at 32 (more than an A100's 163 KiB per block); 1024 columns need
+# 256 KiB at 16, more than an H100's 227 KiB.
 WIDEST_WINDOW = 512
-WIDEST_WINDOW_BLOCK_K = 32
+WIDEST_WINDOW_BLOCK_K = 16
 
 
 def _block_k(num_classes: int) -> int:
@@ -250,7 +250,7 @@ def _feasible(shape: tuple[int, int, int, int, int], align_corners: bool) -> lis
     """Candidates (and their plans) whose register tile ``BLOCK_K * TX`` fits and whose windows hold every source
     column's stencil, in ``CANDIDATES`` order. Where none qualifies (very many classes, or upsampling so strong
     that one source column reaches past the fitting windows), the narrowest window that holds the stencils, alone;
-    none where not even :data:`WIDEST_WINDOW` does (see :func:`unsupported_upsampling`)."""
+    ValueError where not even :data:`WIDEST_WINDOW` does (see :func:`unsupported_upsampling`)."""
     num_classes, h, w, out_h, out_w = shape
 
     def with_plans(configs: list[tuple[int, int, int]]) -> list[tuple[tuple[int, int, int], Plan]]:
@@ -264,6 +264,12 @@ def _feasible(shape: tuple[int, int, int, int, int], align_corners: bool) -> lis
         plan = make_plan(h, w, out_h, out_w, align_corners, 8, WIDEST_WINDOW)
         if plan is not None:
             found.append(((WIDEST_WINDOW, 8, 8), plan))
+    if not found:
+        raise ValueError(
+            f"upsampling {w} logit columns to {out_w} label columns with K={num_classes} classes needs a window "
+            f"wider than the Triton kernel's {WIDEST_WINDOW} columns (at most {WIDEST_WINDOW_BLOCK_K} classes at that "
+            f"width)"
+        )
     return found
 
 
@@ -273,12 +279,13 @@ def unsupported_upsampling(logits_shape: torch.Size, target_shape: torch.Size, a
     more) does not fit in one program's shared memory."""
     _, num_classes, h, w = logits_shape
     _, out_h, out_w = target_shape
-    if 0 in (h, w, out_h, out_w) or _feasible((num_classes, h, w, out_h, out_w), align_corners):
+    if 0 in (h, w, out_h, out_w):
         return None
-    return (
-        f"upsampling {w} logit columns to {out_w} label columns with K={num_classes} classes needs a window wider "
-        f"than the kernel's {WIDEST_WINDOW} columns (at most {WIDEST_WINDOW_BLOCK_K} classes at that width)"
-    )
+    try:
+        _feasible((num_classes, h, w, out_h, out_w), align_corners)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 @functools.lru_cache(maxsize=64)
