@@ -22,7 +22,9 @@ from dropclass_fast.models import (
     to_official_state_dict,
 )
 
-TOL = {"rtol": 1e-4, "atol": 1e-5}
+# float32 through a whole network: summation order (the thread count) moves HRNet-v2 features by up to 2e-5
+# (one thread against the reference's run); a wrong layer moves them by O(1).
+TOL = {"rtol": 1e-4, "atol": 5e-5}
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
