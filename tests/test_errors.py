@@ -141,21 +141,30 @@ def test_wrong_keep_size(backend, shape):
         dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(5, 3), torch.ones(shape))
 
 
+def _every_op_refuses(keep: torch.Tensor, message: str, dtype: torch.dtype = torch.float32) -> None:
+    """Each op that takes a keep mask for K=5 raises ValueError matching ``message``, on ``dtype`` inputs."""
+    logits, target = seg_inputs()
+    logits = logits.to(dtype)
+    features, weight = torch.randn(2, 3, 4, 4, dtype=dtype), torch.randn(5, 3, dtype=dtype)
+    calls = {
+        "seg_cross_entropy": lambda: dcf.seg_cross_entropy(logits, target, keep),
+        "dropped_class_prob": lambda: dcf.dropped_class_prob(logits, keep),
+        "dropclass_loss": lambda: dcf.dropclass_loss(logits, logits, target, keep, progress=0.5),
+        "channel_mask": lambda: dcf.channel_mask(features, weight, keep),
+        "class_importance": lambda: dcf.class_importance(weight, keep),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=message):
+            call()
+            pytest.fail(f"{name} accepted keep {keep.tolist()}")
+
+
 @pytest.mark.parametrize(
     "keep, row", [(torch.zeros(5), 0), (torch.tensor([[1.0, 1, 1, 1, 1], [0, 0, 0, 0, 0]]), 1)], ids=["K", "BK"]
 )
 def test_keep_dropping_every_class(backend, keep, row):
     """The same message, naming the row, from every backend and op."""
-    logits, target = seg_inputs()
-    message = rf"^keep drops every class in row {row}; at least one class must be kept$"
-    with pytest.raises(ValueError, match=message):
-        dcf.seg_cross_entropy(logits, target, keep)
-    with pytest.raises(ValueError, match=message):
-        dcf.dropped_class_prob(logits, keep)
-    with pytest.raises(ValueError, match=message):
-        dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(5, 3), keep)
-    with pytest.raises(ValueError, match=message):
-        dcf.class_importance(torch.randn(5, 3), keep)
+    _every_op_refuses(keep, rf"^keep drops every class in row {row}; at least one class must be kept$")
 
 
 def test_keep_not_binary(backend):
@@ -175,18 +184,8 @@ def test_keep_not_binary(backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_float64_keep_value_not_0_or_1(backend, value, dtype):
     """Refused on every path, also where float32 would round it to 0 or 1, and printed as Python prints it."""
-    logits, target = seg_inputs()
-    logits = logits.to(dtype)
     keep = torch.tensor([1.0, value, 1.0, 0.0, 1.0], dtype=torch.float64)
-    message = rf"^keep must contain only 0 and 1 values, got {re.escape(repr(value))}$"
-    with pytest.raises(ValueError, match=message):
-        dcf.seg_cross_entropy(logits, target, keep)
-    with pytest.raises(ValueError, match=message):
-        dcf.dropped_class_prob(logits, keep)
-    with pytest.raises(ValueError, match=message):
-        dcf.dropclass_loss(logits, logits, target, keep, progress=0.5)
-    with pytest.raises(ValueError, match=message):
-        dcf.channel_mask(torch.randn(2, 3, 4, 4, dtype=dtype), torch.randn(5, 3, dtype=dtype), keep)
+    _every_op_refuses(keep, rf"^keep must contain only 0 and 1 values, got {re.escape(repr(value))}$", dtype)
 
 
 def test_channel_mask_shape_errors(backend):
