@@ -246,11 +246,16 @@ def _block_k(num_classes: int) -> int:
     return max(16, triton.next_power_of_2(num_classes))
 
 
-def _feasible(shape: tuple[int, int, int, int, int], align_corners: bool) -> list[tuple[tuple[int, int, int], Plan]]:
+Feasible = tuple[tuple[tuple[int, int, int], Plan], ...]  # (launch configuration, its plan) pairs
+
+
+@functools.lru_cache(maxsize=64)
+def _feasible(shape: tuple[int, int, int, int, int], align_corners: bool) -> Feasible:
     """Candidates (and their plans) whose register tile ``BLOCK_K * TX`` fits and whose windows hold every source
     column's stencil, in ``CANDIDATES`` order. Where none qualifies (very many classes, or upsampling so strong
     that one source column reaches past the fitting windows), the narrowest window that holds the stencils, alone;
-    ValueError where not even :data:`WIDEST_WINDOW` does (see :func:`unsupported_upsampling`)."""
+    ValueError where not even :data:`WIDEST_WINDOW` does (see :func:`unsupported_upsampling`). Cached: a call asks
+    for it up to three times per logits tensor (the dispatch check, ``L_sup``'s check, the pass)."""
     num_classes, h, w, out_h, out_w = shape
 
     def with_plans(configs: list[tuple[int, int, int]]) -> list[tuple[tuple[int, int, int], Plan]]:
@@ -270,7 +275,7 @@ def _feasible(shape: tuple[int, int, int, int, int], align_corners: bool) -> lis
             f"wider than the Triton kernel's {WIDEST_WINDOW} columns (at most {WIDEST_WINDOW_BLOCK_K} classes at that "
             f"width)"
         )
-    return found
+    return tuple(found)
 
 
 def unsupported_upsampling(logits_shape: torch.Size, target_shape: torch.Size, align_corners: bool) -> str | None:
