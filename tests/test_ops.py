@@ -165,6 +165,15 @@ def test_channel_mask(cpp_backend, weight_shape, keep_mode, memory_format, dtype
     torch.testing.assert_close(leaves["cpp"][1], leaves["eager"][1], rtol=rtol, atol=rtol * scale)
 
 
+def _weighted_reference_terms(logits, drop_logits, target, keep, ignore_index, align_corners):
+    """The reference's three terms weighted by hand for progress 0.3 (lambda = 0.7) and alpha = 10."""
+    return {
+        "ce": 0.7 * reference.seg_cross_entropy(logits, target, None, ignore_index, align_corners),
+        "ce_drop": 0.3 * reference.seg_cross_entropy(drop_logits, target, keep, ignore_index, align_corners),
+        "sup": 10.0 * reference.dropped_class_prob(drop_logits, keep),
+    }
+
+
 @pytest.mark.parametrize("keep_mode", ["batch", "sample"])
 @pytest.mark.parametrize(("align_corners", "ignore_index"), [(False, 255), (True, -1)])
 def test_dropclass_loss(cpp_backend, keep_mode, align_corners, ignore_index):
@@ -180,11 +189,7 @@ def test_dropclass_loss(cpp_backend, keep_mode, align_corners, ignore_index):
                                           align_corners=align_corners)  # fmt: skip
     total.backward()
     ra, rb = logits.clone().requires_grad_(), drop_logits.clone().requires_grad_()
-    want = {
-        "ce": 0.7 * reference.seg_cross_entropy(ra, target, None, ignore_index, align_corners),
-        "ce_drop": 0.3 * reference.seg_cross_entropy(rb, target, keep, ignore_index, align_corners),
-        "sup": 10.0 * reference.dropped_class_prob(rb, keep),
-    }
+    want = _weighted_reference_terms(ra, rb, target, keep, ignore_index, align_corners)
     want_total = want["ce"] + want["ce_drop"] + want["sup"]
     want_total.backward()
     for name in ("ce", "ce_drop", "sup"):
@@ -205,11 +210,7 @@ def test_dropclass_loss_term_by_term_passes_its_options(cpp_backend, backend, dr
     with dropclass_fast.set_backend(backend):
         _, parts = dcf.dropclass_loss(logits, drop_logits, target, keep, 0.3, alpha=10.0, ignore_index=-1,
                                       align_corners=True)  # fmt: skip
-    want = {
-        "ce": 0.7 * reference.seg_cross_entropy(logits, target, None, -1, True),
-        "ce_drop": 0.3 * reference.seg_cross_entropy(drop_logits, target, keep, -1, True),
-        "sup": 10.0 * reference.dropped_class_prob(drop_logits, keep),
-    }
+    want = _weighted_reference_terms(logits, drop_logits, target, keep, -1, True)
     for name, value in want.items():
         torch.testing.assert_close(parts[name], value, **TOLERANCE[torch.float32])
 
