@@ -16,12 +16,11 @@ The Triton backend runs float64 inputs on the eager reference.
 from __future__ import annotations
 
 import math
-import numbers
 
-import numpy as np
 import torch
 
 from . import _backend, _ops, reference
+from ._checks import check_bool, is_int, is_number, require_floating, require_tensor
 
 __all__ = [
     "class_importance",
@@ -36,25 +35,10 @@ __all__ = [
 LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def _require_tensor(name: str, value: object) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    return value
-
-
-def _require_floating(name: str, value: object, dims: tuple[int, ...], layout: str) -> torch.Tensor:
-    tensor = _require_tensor(name, value)
-    if not tensor.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got dtype {tensor.dtype}")
-    if tensor.dim() not in dims:
-        raise ValueError(f"{name} must be {layout}, got shape {tuple(tensor.shape)}")
-    return tensor
-
-
 def _check_logits(name: str, value: object) -> torch.Tensor:
     """``value`` as ``[B, K, h, w]`` floating logits with ``h, w >= 1`` (there is nothing to upsample or
     average over an empty plane)."""
-    logits = _require_floating(name, value, (4,), "[B, K, h, w]")
+    logits = require_floating(name, value, (4,), "[B, K, h, w]")
     if 0 in logits.shape[2:]:
         raise ValueError(f"{name} must have h, w >= 1, got shape {tuple(logits.shape)}")
     return logits
@@ -66,7 +50,7 @@ def _require_same_device(name: str, tensor: torch.Tensor, other_name: str, other
 
 
 def _check_target(target: object, logits: torch.Tensor) -> torch.Tensor:
-    target = _require_tensor("target", target)
+    target = require_tensor("target", target)
     if target.dtype not in LABEL_DTYPES:
         raise TypeError(
             f"target must be an integer tensor (uint8, int8, int16, int32 or int64), got dtype {target.dtype}"
@@ -81,7 +65,7 @@ def _check_target(target: object, logits: torch.Tensor) -> torch.Tensor:
 
 
 def _check_keep(keep: object, batch: int, num_classes: int, like: torch.Tensor, like_name: str) -> torch.Tensor:
-    keep = _require_tensor("keep", keep)
+    keep = require_tensor("keep", keep)
     if keep.is_complex():
         raise TypeError(f"keep must be a bool or real tensor, got dtype {keep.dtype}")
     if tuple(keep.shape) not in ((num_classes,), (batch, num_classes)):
@@ -129,37 +113,30 @@ def _check_label_values(target: torch.Tensor, num_classes: int, ignore_index: in
         )
 
 
-def _is_number(value: object) -> bool:
-    """A real number (Python or NumPy scalar), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def check_progress(progress: object) -> float:
     """``progress`` as a float; ValueError unless it is a number in ``[0, 1]``."""
-    if not _is_number(progress) or not 0.0 <= progress <= 1.0:
+    if not is_number(progress) or not 0.0 <= progress <= 1.0:
         raise ValueError(f"progress must be a number in [0, 1], got {progress!r}")
     return float(progress)
 
 
 def check_alpha(alpha: object) -> float:
     """``alpha`` as a float; ValueError unless it is a finite non-negative number."""
-    if not _is_number(alpha) or not 0 <= alpha < math.inf:  # comparisons (NaN fails them) trace under torch.compile
+    if not is_number(alpha) or not 0 <= alpha < math.inf:  # comparisons (NaN fails them) trace under torch.compile
         raise ValueError(f"alpha must be a finite non-negative number, got {alpha!r}")
     return float(alpha)
 
 
 def check_ignore_index(ignore_index: object) -> int:
     """``ignore_index`` as an int; TypeError unless it is an integer (not a bool or a float)."""
-    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+    if not is_int(ignore_index):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
     return int(ignore_index)
 
 
 def check_align_corners(align_corners: object) -> bool:
     """``align_corners`` itself; TypeError unless it is a bool."""
-    if not isinstance(align_corners, (bool, np.bool_)):
-        raise TypeError(f"align_corners must be a bool, got {align_corners!r}")
-    return bool(align_corners)
+    return check_bool("align_corners", align_corners)
 
 
 def _implementation(op: str, tensor: torch.Tensor) -> str:
@@ -200,7 +177,7 @@ def _checking_values() -> bool:
 
 
 def _check_weight(weight: object, num_channels: int | None = None) -> torch.Tensor:
-    weight = _require_floating("weight", weight, (2, 4), "[K, C] or a conv weight [K, C, kh, kw]")
+    weight = require_floating("weight", weight, (2, 4), "[K, C] or a conv weight [K, C, kh, kw]")
     if num_channels is not None and weight.shape[1] != num_channels:
         raise ValueError(
             f"weight has C={weight.shape[1]} input channels but features have C={num_channels} "
@@ -221,7 +198,7 @@ def class_importance(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         differentiable in ``weight``.
     """
     weight = _check_weight(weight)
-    keep = _require_tensor("keep", keep)
+    keep = require_tensor("keep", keep)
     if keep.dim() not in (1, 2) or keep.shape[-1] != weight.shape[0]:
         raise ValueError(f"keep must have shape [K] or [B, K] with K={weight.shape[0]}, got {tuple(keep.shape)}")
     _require_same_device("keep", keep, "weight", weight)
@@ -241,7 +218,7 @@ def channel_mask(features: torch.Tensor, weight: torch.Tensor, keep: torch.Tenso
     Returns:
         ``[B, C, h, w]`` in the features' dtype and memory format.
     """
-    features = _require_floating("features", features, (4,), "[B, C, h, w]")
+    features = require_floating("features", features, (4,), "[B, C, h, w]")
     weight = _check_weight(weight, features.shape[1])
     _require_same_device("weight", weight, "features", features)
     keep = _check_keep(keep, features.shape[0], weight.shape[0], features, "features")

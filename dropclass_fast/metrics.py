@@ -4,11 +4,12 @@ IoU, mIoU, and the paper's subsets: ``mIoU†`` over the least frequent half of 
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
+
+from ._checks import check_int, is_int
 
 
 class ConfusionMatrix:
@@ -23,9 +24,7 @@ class ConfusionMatrix:
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
-        if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        self.num_classes = int(num_classes)
+        self.num_classes = check_int("num_classes", num_classes)
         self.ignore_index = int(ignore_index)
         self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
 
@@ -78,7 +77,8 @@ class ConfusionMatrix:
 
 
 def mean_iou(iou: torch.Tensor) -> float:
-    """Mean of the per-class IoUs that are defined (NaN entries skipped)."""
+    """Mean of the per-class IoUs ``iou`` (floating ``[K]``) that are defined (NaN entries skipped)."""
+    iou = _check_vector(iou, "iou")
     return float(iou.nanmean()) if bool((~iou.isnan()).any()) else float("nan")
 
 
@@ -113,13 +113,15 @@ def _percent(value: float) -> str:
 
 
 def subset_miou(iou: torch.Tensor, classes: Sequence[int]) -> float:
-    """Mean of ``iou`` (``[K]``) over the class indices ``classes`` (NaN entries skipped, as in :func:`mean_iou`)."""
+    """Mean of ``iou`` (floating ``[K]``) over the class indices ``classes`` (NaN entries skipped, as in
+    :func:`mean_iou`)."""
+    iou = _check_vector(iou, "iou")
     indices = _check_class_indices(classes, iou.numel(), "classes")
-    return mean_iou(iou.reshape(-1)[indices])
+    return mean_iou(iou[indices])
 
 
 def least_frequent_classes(frequency: torch.Tensor, count: int | None = None) -> list[int]:
-    """The ``count`` classes of lowest ``frequency`` (``[K]``), least frequent first; the ``mIoU†`` set.
+    """The ``count`` classes of lowest ``frequency`` (floating ``[K]``), least frequent first; the ``mIoU†`` set.
 
     ``count`` defaults to ``K // 2`` (Table C-2: the 10 least frequent of VOC's 20
     classes). Ties keep the class order.
@@ -132,7 +134,8 @@ def least_frequent_classes(frequency: torch.Tensor, count: int | None = None) ->
 
 
 def most_vulnerable_classes(delta: torch.Tensor, count: int = 9) -> list[int]:
-    """The ``count`` classes with the largest IoU drop (most negative ``delta = IoU(I*) - IoU(I)``), largest first.
+    """The ``count`` classes with the largest IoU drop (most negative ``delta = IoU(I*) - IoU(I)``, floating
+    ``[K]``), largest first.
 
     The ``mIoU*`` set of Table B-1 (9 of Cityscapes' 19 classes). NaN deltas
     (classes absent from the evaluation) come last; ties keep the class order.
@@ -143,19 +146,22 @@ def most_vulnerable_classes(delta: torch.Tensor, count: int = 9) -> list[int]:
 
 
 def vulnerability_order(delta: torch.Tensor) -> list[int]:
-    """Every class index sorted by ``delta`` ascending (largest drop first), NaN last; Table B-1's column order."""
+    """Every class index sorted by ``delta`` (floating ``[K]``) ascending (largest drop first), NaN last; Table
+    B-1's column order."""
     delta = _check_vector(delta, "delta").double().cpu()
     key = torch.where(delta.isnan(), torch.full_like(delta, float("inf")), delta)
     return torch.sort(key, stable=True).indices.tolist()
 
 
 def miou_least_frequent(iou: torch.Tensor, frequency: torch.Tensor, count: int | None = None) -> float:
-    """``mIoU†``: the mean IoU over the ``count`` least frequent classes (default: the least frequent half)."""
+    """``mIoU†``: the mean of ``iou`` over the ``count`` least frequent classes of ``frequency`` (default: the least
+    frequent half); both floating ``[K]``."""
     return subset_miou(iou, least_frequent_classes(frequency, count))
 
 
 def miou_most_vulnerable(iou: torch.Tensor, delta: torch.Tensor, count: int = 9) -> float:
-    """``mIoU*``: the mean of ``iou`` over the ``count`` classes with the largest drop in ``delta``."""
+    """``mIoU*``: the mean of ``iou`` over the ``count`` classes with the largest drop in ``delta``; both floating
+    ``[K]``."""
     return subset_miou(iou, most_vulnerable_classes(delta, count))
 
 
@@ -167,7 +173,7 @@ def _check_vector(values: object, name: str) -> torch.Tensor:
 
 
 def _check_count(count: object, num_classes: int) -> int:
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= num_classes:
+    if not is_int(count) or not 1 <= count <= num_classes:
         raise ValueError(f"count must be an int in [1, {num_classes}] (the number of classes), got {count!r}")
     return count
 

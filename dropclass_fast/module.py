@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, NamedTuple
 
 import torch
@@ -10,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import functional as dcf
+from ._checks import check_bool, check_int, is_int, is_number, require_floating
 
 _MASK64 = (1 << 64) - 1
 
@@ -80,11 +80,10 @@ class DropClass(nn.Module):
                 f"classifier must have at least 2 output classes (dropping the only class leaves none), "
                 f"got out_channels={classifier.out_channels}"
             )
-        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        if not is_int(seed):
             raise TypeError(f"seed must be an int, got {seed!r}")
-        if not isinstance(per_sample, bool):
-            raise TypeError(f"per_sample must be a bool, got {per_sample!r}")
-        if bn_momentum is not None and (not dcf._is_number(bn_momentum) or not 0 <= bn_momentum <= 1):
+        per_sample = check_bool("per_sample", per_sample)
+        if bn_momentum is not None and (not is_number(bn_momentum) or not 0 <= bn_momentum <= 1):
             raise ValueError(f"bn_momentum must be a number in [0, 1] or None (a cumulative average), "
                              f"got {bn_momentum!r}")
         channels = classifier.in_channels
@@ -124,7 +123,8 @@ class DropClass(nn.Module):
         Float32 on ``device``.
         """
         progress = dcf.check_progress(progress)
-        step = self.step if step is None else step
+        batch_size = check_int("batch_size", batch_size, minimum=0)
+        step = self.step if step is None else check_int("step", step, minimum=0)
         if not self.per_sample:
             return self._draw(progress, (self.seed, step)).to(device)
         if sample_index is None:
@@ -200,11 +200,7 @@ class DropClass(nn.Module):
                 (in evaluation too: predict with those classes dropped).
             sample_index: global sample indices ``[B]`` for per-sample masks.
         """
-        if not isinstance(features, torch.Tensor) or features.dim() != 4:
-            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-            raise ValueError(f"features must be a [B, C, h, w] tensor, got {shape}")
-        if not features.is_floating_point():
-            raise TypeError(f"features must be a floating tensor, got dtype {features.dtype}")
+        require_floating("features", features, (4,), "[B, C, h, w]")
         if features.shape[1] != self.classifier.in_channels:
             raise ValueError(
                 f"features have C={features.shape[1]} channels but the classifier expects {self.classifier.in_channels}"

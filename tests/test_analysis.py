@@ -176,7 +176,7 @@ def test_bias_vulnerability_matches_an_independent_computation():
     star = report.iou_star["baseline"]
     expected_cells = [star[c].item() * 100 for c in order]
     expected_cells += [np.nanmean(star.numpy()) * 100, np.nanmean(star.numpy()[order[:4]]) * 100]
-    for cell, value in zip(cells, expected_cells):
+    for cell, value in zip(cells, expected_cells, strict=True):
         assert cell == ("n/a" if np.isnan(value) else f"{value:.1f}".replace("-0.0", "0.0"))
     rows = list(csv.reader(io.StringIO(table.to_csv())))
     assert rows[0][:2] == ["row", "stat"] and len(rows) == 7 and rows[1][1] == "value"

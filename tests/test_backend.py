@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sysconfig
@@ -121,9 +122,14 @@ def test_jit_build_finds_the_ninja_installed_beside_python(monkeypatch):
     assert os.environ["PATH"] == "/nonexistent"  # only for the build
 
 
-def test_measured_table_is_valid():
-    table = _backend.measured_table()
-    for ops in table.values():
+def test_shipped_backend_table_is_valid():
+    """The shipped table has the fields benchmarks/backend_table.py writes; each GPU's entries name an op and a GPU
+    backend (none until a GPU run fills it)."""
+    shipped = json.loads(_backend.TABLE_PATH.read_text())
+    assert set(shipped) == {"about", "measured", "command", "devices"} and isinstance(shipped["devices"], dict)
+    assert _backend.measured_table() == shipped["devices"]
+    for ops in shipped["devices"].values():
+        assert set(ops) <= {"channel_mask", "seg_cross_entropy", "dropped_class_prob", "dropclass_loss"}
         assert set(ops.values()) <= {"triton", "cuda"}
 
 

@@ -490,8 +490,10 @@ def test_synthetic_erased_bicycles_leave_the_rest_of_the_scene():
 def test_synthetic_argument_errors():
     with pytest.raises(ValueError, match="length must be a positive int, got 0"):
         SyntheticStreets("train", length=0)
-    with pytest.raises(ValueError, match="height must be an int >= 16, got 8"):
+    with pytest.raises(ValueError, match="height must be an int of at least 16, got 8"):
         SyntheticStreets("train", size=(8, 64))
+    with pytest.raises(ValueError, match=r"size must be two positive ints \(height, width\), got \(32, 64, 3\)"):
+        SyntheticStreets("train", size=(32, 64, 3))
     with pytest.raises(ValueError, match=r"p_bicycle must be a probability in \[0, 1\], got 1.5"):
         SyntheticStreets("train", p_bicycle=1.5)
     with pytest.raises(TypeError, match=r"unknown scene options \['p_bike'\]"):

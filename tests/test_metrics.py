@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 
 import numpy as np
@@ -51,7 +52,7 @@ def test_iou_and_subsets_by_hand():
     assert vulnerability_order(delta) == [1, 3, 0, 4, 2]  # largest drop first, ties by class, NaN last
     assert most_vulnerable_classes(delta, count=3) == [1, 3, 0]
     assert miou_most_vulnerable(iou, delta, count=3) == pytest.approx((3 / 5 + 3 / 4 + 2 / 4) / 3)
-    assert subset_miou(iou, [4]) != subset_miou(iou, [4])  # only an absent class: NaN
+    assert math.isnan(subset_miou(iou, [4]))  # only an absent class
 
 
 def test_subsets_match_numpy_on_random_data():
@@ -89,6 +90,9 @@ def test_subsets_match_numpy_on_random_data():
         (lambda: most_vulnerable_classes(torch.zeros(8)), r"count must be an int in \[1, 8\]"),
         (lambda: subset_miou(torch.zeros(3), [0, 3]), r"classes must be distinct class indices in \[0, 3\)"),
         (lambda: subset_miou(torch.zeros(3), []), "classes must be distinct"),
+        (lambda: subset_miou(torch.zeros(3, 1), [0]), r"iou must be a 1-D floating tensor \[K\], got shape \(3, 1\)"),
+        (lambda: mean_iou(torch.zeros(2, 2)), r"iou must be a 1-D floating tensor \[K\], got shape \(2, 2\)"),
+        (lambda: mean_iou([0.5, 0.5]), r"iou must be a 1-D floating tensor \[K\], got <class 'list'>"),
     ],
 )
 def test_bad_arguments_are_named(call, message):

@@ -38,12 +38,19 @@ def test_recipe_defaults_follow_table_e3_and_the_linear_scaling_rule():
         ({"model": "resnet"}, "model 'resnet'"),
         ({"method": "mixup"}, "method must be one of"),
         ({"amp": "fp8"}, "amp must be one of"),
-        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
-        ({"iters": -3}, "iters must be at least 1, got -3"),
+        ({"batch_size": 0}, "batch_size must be a positive int or None, got 0"),
+        ({"batch_size": True}, "batch_size must be a positive int or None, got True"),
+        ({"iters": -3}, "iters must be a positive int or None, got -3"),
+        ({"iters": 2.5}, "iters must be a positive int or None, got 2.5"),
+        ({"eval_batch_size": None}, "eval_batch_size must be a positive int, got None"),
+        ({"momentum": -0.1}, "momentum must be a non-negative finite number, got -0.1"),
+        ({"poly_power": float("inf")}, "poly_power must be a non-negative finite number, got inf"),
+        ({"alpha": "10"}, "alpha must be a finite non-negative number, got '10'"),
         ({"lr": float("nan")}, "lr must be a positive finite number"),
         ({"seed": 2**32}, r"seed must be an int in \[0, 2\*\*32\), got 4294967296"),
-        ({"crop_size": (0, 64)}, "crop_size must be two positive integers"),
-        ({"workers": -1}, "workers must be at least 0"),
+        ({"crop_size": (0, 64)}, r"crop_size must be two positive ints \(height, width\), got \(0, 64\)"),
+        ({"crop_size": (64.0, 64)}, r"crop_size must be two positive ints \(height, width\), got \(64.0, 64\)"),
+        ({"workers": -1}, "workers must be a non-negative int, got -1"),
         ({"dataset": "voc", "eval_batch_size": 2}, "eval_batch_size must be 1 for dataset 'voc' .* got 2"),
         ({"iters": 5, "epochs": 2}, "give iters or epochs, not both .* got iters=5, epochs=2"),
     ],
@@ -92,6 +99,15 @@ def test_poly_lr_matches_the_formula():
     assert poly_lr(0.01, 0, 100) == 0.01
     assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5**0.9)
     assert poly_lr(0.01, 100, 100) == 0.0
+    with pytest.raises(ValueError, match=r"iteration must be an int in \[0, 100\] \(total\), got 101"):
+        poly_lr(0.01, 101, 100)  # the formula would give a complex number
+    with pytest.raises(ValueError, match="total must be a positive int, got 0"):
+        poly_lr(0.01, 0, 0)
+
+
+def test_config_rejects_a_non_bool_switch():
+    with pytest.raises(TypeError, match="per_sample must be a bool, got 'yes'"):
+        TrainConfig(per_sample="yes")
 
 
 def test_sampler_shards_disjointly_and_resumes_mid_epoch():
@@ -115,18 +131,27 @@ def test_sampler_shards_disjointly_and_resumes_mid_epoch():
 def test_sampler_rejects_bad_arguments():
     with pytest.raises(ValueError, match="smaller than one global batch"):
         ResumableSampler(5, batch_size=4, num_replicas=2, rank=0)
-    with pytest.raises(ValueError, match="rank must be in"):
+    with pytest.raises(ValueError, match=r"rank must be an int in \[0, 2\) \(num_replicas\), got 2"):
         ResumableSampler(50, batch_size=4, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        ResumableSampler(50, batch_size=0)  # was a ZeroDivisionError
+    with pytest.raises(ValueError, match="num_replicas must be a positive int, got 1.0"):
+        ResumableSampler(50, batch_size=4, num_replicas=1.0)
     with pytest.raises(ValueError, match="skip must be in"):
         ResumableSampler(50, batch_size=4).set_epoch(0, skip=49)
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("refuses to be pickled")
 
 
 def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "ckpt" / "checkpoint.pt"
     save_atomic({"model": {"w": torch.ones(2)}, "iteration": 3}, path)
     assert load_checkpoint(path)["iteration"] == 3
-    with pytest.raises(Exception):  # noqa: B017 - whatever pickle raises for a lambda
-        save_atomic({"model": {}, "iteration": 4, "bad": lambda: None}, path)
+    with pytest.raises(RuntimeError, match="refuses to be pickled"):  # fails halfway through writing
+        save_atomic({"model": {"w": torch.ones(2)}, "iteration": 4, "bad": _Unpicklable()}, path)
     assert load_checkpoint(path)["iteration"] == 3
     assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
 

@@ -64,6 +64,12 @@ def test_difference_boxes_by_hand():
     assert difference_boxes(first, sparse, valid=valid, cell=4) == [(0, 0, 4, 4)]
     with pytest.raises(ValueError, match="must be \\[H, W\\] maps of one shape"):
         difference_boxes(first, second[:8])
+    with pytest.raises(ValueError, match=r"valid must be an \[H, W\] mask of the maps' shape \(16, 24\), got \(4, 4\)"):
+        difference_boxes(first, sparse, valid=valid[:4, :4])
+    with pytest.raises(ValueError, match=r"min_fraction must be a number in \[0, 1\], got -1"):
+        difference_boxes(first, sparse, min_fraction=-1)
+    with pytest.raises(ValueError, match="cell must be a positive int, got 2.0"):
+        difference_boxes(first, sparse, cell=2.0)
 
 
 def test_figures_are_written_as_png(tmp_path):

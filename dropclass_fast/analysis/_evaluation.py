@@ -9,6 +9,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
+from .._checks import check_int, check_optional_int
 from ..metrics import ConfusionMatrix
 from ..train import evaluate
 from ..train.config import AMP_MODES
@@ -32,14 +33,11 @@ class EvalOptions:
     amp: str = "none"
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "limit"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
+        object.__setattr__(self, "limit", check_optional_int("limit", self.limit))
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise ValueError(f"workers must be a non-negative int, got {self.workers!r}")
+        object.__setattr__(self, "workers", check_int("workers", self.workers, minimum=0))
 
 
 #: the defaults: batch 8, no workers, every image, full precision

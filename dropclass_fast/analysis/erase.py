@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._checks import is_int
 from ..data import SegmentationDataset
 from ..data.transforms import check_pair
 
@@ -20,7 +21,7 @@ def check_fill(fill: object) -> Fill:
     elif isinstance(fill, (Sequence, np.ndarray)):
         values = list(fill)
         if len(values) == 3 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255 for v in values
+            is_int(v) and 0 <= v <= 255 for v in values
         ):
             return fill
     raise ValueError(f"fill must be 'mean' or an RGB triple of ints in [0, 255], got {fill!r}")

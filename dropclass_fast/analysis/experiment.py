@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._checks import check_int, check_optional_int
 from ..data import SyntheticStreets, TrainTransform
 from ..data.base import check_seed
 from ..metrics import mean_iou
@@ -95,17 +96,13 @@ class ExperimentConfig:
             raise ValueError(f"seeds must be distinct ints, got {self.seeds!r}")
         object.__setattr__(self, "seeds", tuple(check_seed(seed) for seed in self.seeds))  # NumPy ints as ints
         for name in ("iters", "batch_size", "train_length", "val_length", "probe_iters", "eval_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name)))
         unknown = sorted(set(self.probe_classes) - set(SyntheticStreets.class_names))
         if unknown:
             raise ValueError(f"probe_classes must be synthetic class names {SyntheticStreets.class_names}, "
                              f"got {unknown}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads must be a positive int or None, got {self.threads!r}")
-        if not isinstance(self.bn_batches, int) or self.bn_batches < 0:
-            raise ValueError(f"bn_batches must be a non-negative int, got {self.bn_batches!r}")
+        object.__setattr__(self, "threads", check_optional_int("threads", self.threads))
+        object.__setattr__(self, "bn_batches", check_int("bn_batches", self.bn_batches, minimum=0))
         check_protocol(len(SyntheticStreets.class_names), self.top_count, self.vulnerable_count, self.fill)
         object.__setattr__(self, "probe_lr", check_learning_rate("probe_lr", self.probe_lr))
         if self.lr is not None:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .._checks import check_optional_int
 from ..data import SegmentationDataset
 
 FREQUENCY_MODES = ("pixel", "image")
@@ -51,8 +52,7 @@ def class_frequency(
         raise ValueError(f"mode must be one of {FREQUENCY_MODES}, got {mode!r}")
     if not isinstance(dataset, SegmentationDataset):
         raise TypeError(f"dataset must be a SegmentationDataset, got {type(dataset).__name__}")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    limit = check_optional_int("limit", limit)
     counts: Dataset = _LabelCounts(dataset)
     if limit is not None:
         counts = torch.utils.data.Subset(counts, range(min(limit, len(dataset))))

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import functional as dcf
+from .._checks import check_int
 from ..data import SegmentationDataset
 from ..models import SegmentationModel
 from ..train import ResumableSampler, check_learning_rate, poly_lr
@@ -108,9 +109,7 @@ def reconstruction_probe(
     k = model.num_classes
     if not isinstance(dropped_class, int) or not 0 <= dropped_class < k:
         raise ValueError(f"dropped_class must be a class index in [0, {k}), got {dropped_class!r}")
-    for name, value in (("iters", iters), ("batch_size", batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    iters, batch_size = check_int("iters", iters), check_int("batch_size", batch_size)
     check_learning_rate("lr", lr)
     was_training = model.training
     model.eval()

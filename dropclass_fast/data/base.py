@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .._checks import check_int, is_int
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -22,7 +23,7 @@ def check_split(split: object, splits: tuple[str, ...], dataset: str) -> str:
 def check_seed(seed: object) -> int:
     """``seed`` as an int in ``[0, 2**32)``: NumPy seeds cannot be negative, and NumPy splits a larger one into
     32-bit words, so ``[2**32, epoch, 0]`` would seed what ``[0, 1, epoch]`` does."""
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+    if not is_int(seed) or not 0 <= seed < 2**32:  # type: ignore[operator]
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
     return int(seed)
 
@@ -73,13 +74,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the augmentation of epoch ``epoch`` (a non-negative int)."""
-        if not isinstance(epoch, (int, np.integer)) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self._epoch.fill_(int(epoch))
+        self._epoch.fill_(check_int("epoch", epoch, minimum=0))
 
     def check_index(self, index: object) -> int:
         """``index`` in ``[-len, len)`` as a non-negative int; ``IndexError`` outside, ``TypeError`` for a non-int."""
-        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+        if not is_int(index):
             raise TypeError(f"index must be an int, got {type(index).__name__}")
         length = len(self)
         if not -length <= index < length:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from .._checks import check_bool, check_int, check_size
 from .base import SegmentationDataset, Transform, check_split
 
 IGNORE = 255
@@ -87,17 +88,14 @@ class SceneConfig:
 
     def __post_init__(self) -> None:
         for name in ("height", "width"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 16:
-                raise ValueError(f"{name} must be an int >= 16, got {value!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=16))
         for name in _PROBABILITIES:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
         if not isinstance(self.noise, (int, float)) or not 0.0 <= self.noise < float("inf"):
             raise ValueError(f"noise must be a finite number >= 0, got {self.noise!r}")
-        if not isinstance(self.erase_bicycles, bool):
-            raise TypeError(f"erase_bicycles must be a bool, got {self.erase_bicycles!r}")
+        object.__setattr__(self, "erase_bicycles", check_bool("erase_bicycles", self.erase_bicycles))
 
 
 def _jitter(rng: np.random.Generator, colour: tuple[float, float, float], std: float) -> np.ndarray:
@@ -351,10 +349,8 @@ class SyntheticStreets(SegmentationDataset):
     ) -> None:
         super().__init__(transform, seed)
         self.split = check_split(split, self.splits, "synthetic")
-        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-            raise ValueError(f"length must be a positive int, got {length!r}")
-        if not isinstance(size, (tuple, list)) or len(size) != 2:
-            raise ValueError(f"size must be (height, width), got {size!r}")
+        length = check_int("length", length)
+        size = check_size("size", size)
         unknown = sorted(set(scene_options) - set(_SCENE_OPTIONS))
         if unknown:
             raise TypeError(f"unknown scene options {unknown}; the options are {_SCENE_OPTIONS}")

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._checks import check_size, is_int
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -115,12 +117,7 @@ class TrainTransform:
         std: Sequence[float] = IMAGENET_STD,
         ignore_index: int = 255,
     ) -> None:
-        if (
-            not isinstance(crop_size, Sequence)
-            or len(crop_size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in crop_size)
-        ):
-            raise ValueError(f"crop_size must be two positive ints (height, width), got {crop_size!r}")
+        crop_size = check_size("crop_size", crop_size)
         if (
             not isinstance(scale_range, Sequence)
             or len(scale_range) != 2
@@ -128,9 +125,9 @@ class TrainTransform:
             or not 0 < scale_range[0] <= scale_range[1]
         ):
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
-        if not isinstance(ignore_index, int) or isinstance(ignore_index, bool) or not 0 <= ignore_index <= 255:
+        if not is_int(ignore_index) or not 0 <= ignore_index <= 255:
             raise ValueError(f"ignore_index must be an int in [0, 255] (labels are uint8), got {ignore_index!r}")
-        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.crop_size = crop_size
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.flip = bool(flip)
         self.ignore_index = ignore_index

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import check_bool
 from .base import SegmentationDataset, Transform, check_split
 from .io import check_same_size, map_label_ids, read_image, read_label
 
@@ -99,9 +100,7 @@ class VOC(SegmentationDataset):
     ) -> None:
         super().__init__(transform, seed)
         self.split = check_split(split, self.splits, "voc")
-        for name, value in (("no_background", no_background), ("sbd", sbd)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} must be a bool, got {value!r}")
+        no_background, sbd = check_bool("no_background", no_background), check_bool("sbd", sbd)
         self.root = Path(root)
         self.no_background = no_background
         self.sbd = sbd

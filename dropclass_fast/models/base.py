@@ -6,18 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import require_floating
 from ..module import DropClass, DropClassOutput
 
 
 def check_images(images: object, channels: int | None = 3) -> torch.Tensor:
     """``images`` must be a floating ``[B, channels, H, W]`` tensor (any channel count for ``None``); returns it."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4 or (channels is not None and images.shape[1] != channels):
-        layout = "[B, C, H, W]" if channels is None else f"[B, {channels}, H, W]"
+    layout = "[B, C, H, W]" if channels is None else f"[B, {channels}, H, W]"
+    images = require_floating("images", images, (4,), layout)
+    if channels is not None and images.shape[1] != channels:
         raise ValueError(f"images must be {layout}, got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be a floating tensor, got dtype {images.dtype}")
     return images
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .._checks import check_int, is_int
 from ..models import DropClassModel, SegmentationModel
 from ..module import DropClass
 from .sampler import ResumableSampler
@@ -42,9 +43,8 @@ def recalibrate_batchnorm(
             f"model must be a SegmentationModel, the DropClassModel of attach_dropclass or a model without DropClass, "
             f"got {type(model).__name__}"
         )
-    if not isinstance(batches, int) or batches < 1:
-        raise ValueError(f"batches must be a positive int, got {batches!r}")
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= len(dataset):
+    batches = check_int("batches", batches)
+    if not is_int(batch_size) or not 1 <= batch_size <= len(dataset):
         raise ValueError(f"batch_size must be an int in [1, {len(dataset)}] (the dataset's items), got {batch_size!r}")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:

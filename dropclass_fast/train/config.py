@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-import numpy as np
-
+from .._checks import check_bool, check_finite, check_int, check_optional_int, check_size
 from ..data.base import check_seed
-from ..functional import _is_number
+from ..functional import check_alpha
 
 MODELS = ("hrnet_v1", "hrnet_v2", "deeplabv3")
 METHODS = ("baseline", "dropclass")
@@ -20,9 +18,7 @@ AMP_MODES = ("none", "bf16", "fp16")
 def check_learning_rate(name: str, value: object) -> float:
     """``value`` as a float; ValueError naming ``name`` unless it is a finite positive number (Python or NumPy, not
     a bool)."""
-    if not _is_number(value) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+    return check_finite(name, value, positive=True)
 
 
 @dataclass(frozen=True)
@@ -107,18 +103,22 @@ class TrainConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        for name in ("batch_size", "epochs", "iters", "stop_after", "eval_batch_size", "eval_limit", "log_every"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+        for name in ("batch_size", "epochs", "iters", "stop_after", "eval_limit"):
+            setattr(self, name, check_optional_int(name, getattr(self, name)))
+        for name in ("eval_batch_size", "log_every"):
+            setattr(self, name, check_int(name, getattr(self, name)))
         for name in ("checkpoint_every", "eval_every", "workers", "bn_recalibration"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+            setattr(self, name, check_int(name, getattr(self, name), minimum=0))
         if self.lr is not None:
             self.lr = check_learning_rate("lr", self.lr)
+        for name in ("momentum", "weight_decay", "poly_power"):
+            setattr(self, name, check_finite(name, getattr(self, name)))
+        self.alpha = check_alpha(self.alpha)
+        for name in ("per_sample", "channels_last", "progress_bar"):
+            setattr(self, name, check_bool(name, getattr(self, name)))
         self.seed = check_seed(self.seed)
-        if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
-            raise ValueError(f"crop_size must be two positive integers (H, W), got {self.crop_size}")
+        if self.crop_size is not None:
+            self.crop_size = check_size("crop_size", self.crop_size)
         if self.iters is not None and self.epochs is not None:
             raise ValueError(f"give iters or epochs, not both (iters replaces the epoch count): "
                              f"got iters={self.iters}, epochs={self.epochs}")
@@ -173,16 +173,8 @@ class TrainConfig:
         return tuple(self.crop_size) if self.crop_size else self.recipe.crop_size
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields, NumPy numbers (a sweep's grid, say) as Python ones: the trainer writes this as JSON."""
-        return {name: _python_numbers(value) for name, value in asdict(self).items()}
-
-
-def _python_numbers(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_python_numbers(item) for item in value)
-    return value
+        """The fields; the trainer writes this as JSON (``__post_init__`` made NumPy numbers Python ones)."""
+        return asdict(self)
 
 
 def build_parser(datasets: tuple[str, ...], description: str, prog: str | None = None) -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from .._checks import check_bool, check_int, is_int
 from ..module import mix_seed
 
 
@@ -33,8 +34,12 @@ class ResumableSampler(Sampler[int]):
         self, dataset_size: int, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
         shuffle: bool = True,
     ) -> None:
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        dataset_size = check_int("dataset_size", dataset_size, minimum=0)
+        batch_size, num_replicas = check_int("batch_size", batch_size), check_int("num_replicas", num_replicas)
+        if not is_int(rank) or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be an int in [0, {num_replicas}) (num_replicas), got {rank!r}")
+        if not is_int(seed):
+            raise ValueError(f"seed must be an int, got {seed!r}")
         self.batches_per_epoch = dataset_size // (batch_size * num_replicas)
         if self.batches_per_epoch == 0:
             raise ValueError(
@@ -44,9 +49,9 @@ class ResumableSampler(Sampler[int]):
         self.dataset_size = dataset_size
         self.batch_size = batch_size
         self.num_replicas = num_replicas
-        self.rank = rank
-        self.seed = seed
-        self.shuffle = shuffle
+        self.rank = int(rank)
+        self.seed = int(seed)
+        self.shuffle = check_bool("shuffle", shuffle)
         self.epoch = 0
         self.skip = 0
 

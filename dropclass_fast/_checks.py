@@ -1,0 +1,87 @@
+"""Argument checks for numbers and counts, shared across the package; each error names the argument and its value."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def is_number(value: object) -> bool:
+    """A real number (Python or NumPy scalar), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_int(value: object) -> bool:
+    """An integer (Python or NumPy scalar), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def require_tensor(name: str, value: object) -> torch.Tensor:
+    """``value`` itself; TypeError naming ``name`` unless it is a tensor."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def require_floating(name: str, value: object, dims: tuple[int, ...], layout: str) -> torch.Tensor:
+    """``value`` itself; TypeError naming ``name`` unless it is a floating tensor, ValueError naming ``layout``
+    unless it has one of the dimension counts ``dims``."""
+    tensor = require_tensor(name, value)
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got dtype {tensor.dtype}")
+    if tensor.dim() not in dims:
+        raise ValueError(f"{name} must be {layout}, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` as a Python bool; TypeError naming ``name`` unless it is a bool (Python or NumPy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def check_finite(name: str, value: object, positive: bool = False) -> float:
+    """``value`` as a float; ValueError naming ``name`` unless it is a finite number (Python or NumPy, not a bool)
+    at least 0, or above 0 when ``positive``."""
+    if not is_number(value) or not (0 < value if positive else 0 <= value) or not value < math.inf:  # type: ignore[operator]
+        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} finite number, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _is_count(value: object, minimum: int) -> bool:
+    return is_int(value) and value >= minimum  # type: ignore[operator]
+
+
+def _count_kind(minimum: int) -> str:
+    return {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int of at least {minimum}")
+
+
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` as a Python int; ValueError naming ``name`` unless it is an integer (Python or NumPy, not a bool
+    or a float) of at least ``minimum``."""
+    if not _is_count(value, minimum):
+        raise ValueError(f"{name} must be {_count_kind(minimum)}, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
+def check_optional_int(name: str, value: object, minimum: int = 1) -> int | None:
+    """:func:`check_int` that also lets ``None`` through."""
+    if value is None:
+        return None
+    if not _is_count(value, minimum):
+        raise ValueError(f"{name} must be {_count_kind(minimum)} or None, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
+def check_size(name: str, value: object) -> tuple[int, int]:
+    """``value`` as ``(height, width)``; ValueError naming ``name`` unless it is two positive integers."""
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2 or not all(
+        is_int(v) and v > 0 for v in value
+    ):
+        raise ValueError(f"{name} must be two positive ints (height, width), got {value!r}")
+    return int(value[0]), int(value[1])
