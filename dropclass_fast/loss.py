@@ -32,6 +32,8 @@ class DropClassLoss(nn.Module):
     def forward(
         self, out: DropClassOutput, target: torch.Tensor, progress: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, {"ce", "ce_drop", "sup"})`` of ``out`` against ``target`` (integer ``[B, H, W]``) at
+        ``progress`` in ``[0, 1]``; see the class docstring."""
         if not isinstance(out, DropClassOutput):
             raise TypeError(f"out must be the DropClassOutput of DropClass in training mode, got {type(out).__name__}")
         if not isinstance(out.logits, torch.Tensor):

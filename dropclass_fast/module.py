@@ -99,6 +99,7 @@ class DropClass(nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """``K``, the classifier's output channels."""
         return self.classifier.out_channels
 
     def get_extra_state(self) -> dict[str, Any]:

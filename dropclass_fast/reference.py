@@ -9,7 +9,8 @@ that before dispatching here.
 Shapes: ``weight`` is ``[K, C]`` or a conv weight ``[K, C, kh, kw]``;
 ``keep`` is ``[K]`` or ``[B, K]`` (bool or floating, values 0/1); ``features``
 ``[B, C, h, w]``; ``logits`` ``[B, K, h, w]``; ``target`` integer ``[B, H, W]``.
-Half-precision inputs are computed in float32; results are float32 then.
+Half-precision inputs are computed in float32: the loss ops then return float32, ``class_importance`` and
+``channel_mask`` the input's dtype.
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ def dropclass_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``L = lambda*CE(logits, y) + (1-lambda)*CE(drop_logits, y_drop) + alpha*L_sup``, ``lambda = 1 - progress``.
 
-    Returns ``(total, {"ce", "ce_drop", "sup"})`` where the parts are the
-    weighted terms (they add up to ``total``).
+    ``logits`` and ``drop_logits`` ``[B, K, h, w]``, ``target`` integer ``[B, H, W]``, ``keep`` ``[K]`` or
+    ``[B, K]``. Returns ``(total, {"ce", "ce_drop", "sup"})`` where the parts are the weighted terms (they add
+    up to ``total``), 0-dim float32 (float64 for float64 logits).
     """
     return combine_loss_terms(
         seg_cross_entropy(logits, target, None, ignore_index, align_corners),
@@ -141,7 +143,7 @@ def dropclass_loss(
 def combine_loss_terms(
     ce: torch.Tensor, ce_drop: torch.Tensor, sup: torch.Tensor, progress: float, alpha: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weight the three DropClass terms and add them up.
+    """Weight the three DropClass terms (0-dim tensors) and add them up; returns ``(total, parts)``.
 
     ``lambda = 1 - progress`` weighs ``ce``, ``1 - lambda`` weighs ``ce_drop`` and ``alpha`` weighs ``sup``.
     """

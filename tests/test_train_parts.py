@@ -83,6 +83,8 @@ def test_command_line_builds_the_config():
     assert synthetic.dataset_options == {"length": 0}  # refused by the dataset, not dropped for the default
     with pytest.raises(ValueError, match="--synthetic-length is for --dataset synthetic, got --dataset voc"):
         config_from_args(parser.parse_args(["--data-root", "/data/voc", "--synthetic-length", "8"]))
+    with pytest.raises(ValueError, match="--sbd is for --dataset voc, got --dataset synthetic"):
+        config_from_args(parser.parse_args(["--dataset", "synthetic", "--sbd"]))  # it was silently ignored
     with pytest.raises(ValueError, match="--data-root is required for --dataset voc"):
         config_from_args(parser.parse_args([]))
 

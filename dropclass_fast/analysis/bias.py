@@ -112,6 +112,7 @@ class BiasReport:
 
     @property
     def models(self) -> list[str]:
+        """The names of the models evaluated, in order."""
         return list(self.iou)
 
     def delta(self, model: str) -> torch.Tensor:

@@ -37,6 +37,7 @@ class DropPathClassifier(nn.Module):
         self.register_buffer("keep", keep)
 
     def train(self, mode: bool = True) -> DropPathClassifier:
+        """Stays in eval mode whatever ``mode`` says: the frozen model's BatchNorm uses its running statistics."""
         return super().train(False)
 
     def drop_path(self, features: torch.Tensor) -> torch.Tensor:

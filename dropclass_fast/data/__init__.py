@@ -15,6 +15,7 @@ is augmented from ``numpy.random.default_rng([seed, e, i])``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .base import SegmentationDataset, Transform
 from .cityscapes import Cityscapes
@@ -30,7 +31,7 @@ def build_dataset(
     split: str,
     root: str | Path | None = None,
     transform: Transform | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> SegmentationDataset:
     """The dataset ``name`` (one of :data:`DATASET_NAMES`), split ``split``.
 

@@ -70,6 +70,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     @property
     def epoch(self) -> int:
+        """The epoch whose augmentation ``__getitem__`` draws (see :meth:`set_epoch`)."""
         return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:

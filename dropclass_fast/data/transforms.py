@@ -57,6 +57,7 @@ class Normalize:
         self.std = _check_rgb_constants("std", std, positive=True)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 ``[H, W, 3]`` -> normalised float32 ``[3, H, W]``."""
         x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
@@ -76,6 +77,7 @@ class EvalTransform:
     def __call__(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """See the class docstring."""
         check_pair(image, label)
         return self.normalize(image), torch.from_numpy(label.astype(np.int64))
 
@@ -136,6 +138,7 @@ class TrainTransform:
     def __call__(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The steps of the class docstring, drawn from ``rng``."""
         check_pair(image, label)
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")

@@ -1,6 +1,6 @@
 """Reference segmentation models with DropClass, their checkpoint loaders, and DropClass for any model.
 
->>> from dropclass_fast.models import build_model, load_official_checkpoint, predict
+>>> from dropclass_fast.models import attach_dropclass, build_model, load_official_checkpoint, predict
 >>> model = build_model("hrnet_v2", num_classes=19, dropclass=True, seed=0)
 >>> out = model.train()(images, progress=t)        # DropClassOutput at 1/4 resolution
 >>> logits = predict(model.eval(), images)          # [B, K, H, W]

@@ -83,10 +83,12 @@ class DropClassModel(nn.Module):
 
     @property
     def attached(self) -> AttachedClassifier:
+        """The module that replaced the classifier: the classifier with its :class:`DropClass`."""
         return self.model.get_submodule(self.classifier_name)
 
     @property
     def dropclass(self) -> DropClass:
+        """The attached :class:`DropClass`."""
         return self.attached.dropclass
 
     def forward(

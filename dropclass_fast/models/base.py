@@ -48,9 +48,11 @@ class SegmentationModel(nn.Module):
     """
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images float ``[B, 3, H, W]`` -> the input of :meth:`head`, ``[B, C', h, w]``."""
         raise NotImplementedError
 
     def head(self) -> nn.Sequential:
+        """The layers from the encoding to the logits; the last is the classifier (or its :class:`DropClass`)."""
         raise NotImplementedError
 
     @property

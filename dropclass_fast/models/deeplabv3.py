@@ -99,6 +99,7 @@ class DeepLabV3(SegmentationModel):
         )
 
     def head(self) -> nn.Sequential:
+        """``classifier``: the ASPP block, 3x3 conv, BatchNorm, ReLU and the classifier, as torchvision names them."""
         return self.classifier
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ class StageConfig:
 
     @property
     def num_branches(self) -> int:
+        """The number of parallel resolutions in the stage."""
         return len(self.num_channels)
 
 
@@ -256,6 +257,7 @@ class HRNet(SegmentationModel):
                 nn.init.zeros_(module.bias)
 
     def head(self) -> nn.Sequential:
+        """``last_layer``: 1x1 conv, BatchNorm, ReLU and the classifier, as the official code names them."""
         return self.last_layer
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -5,5 +5,6 @@ import sys
 
 from .cli import main
 
-main(sys.argv[1:], datasets=("cityscapes", "voc", "synthetic"), description=__doc__.splitlines()[0],
+main(sys.argv[1:], datasets=("cityscapes", "voc", "synthetic"),
+     description="Train a segmentation model, baseline or with DropClass, on Cityscapes, VOC or the synthetic dataset.",
      prog="python -m dropclass_fast.train")

@@ -130,6 +130,7 @@ class TrainConfig:
 
     @property
     def recipe(self) -> Recipe:
+        """The Table E-3 recipe of this dataset and model."""
         return RECIPES[(self.dataset, self.model)]
 
     @classmethod
@@ -167,9 +168,11 @@ class TrainConfig:
         return self.recipe.lr * self.per_process_batch() * world_size / self.recipe.batch_size
 
     def num_epochs(self) -> int:
+        """``epochs``, else the recipe's for this method (DropClass trains twice as long)."""
         return self.epochs or self.recipe.epochs[self.method == "dropclass"]
 
     def crop(self) -> tuple[int, int]:
+        """The training crop ``(height, width)``: ``crop_size``, else the recipe's."""
         return tuple(self.crop_size) if self.crop_size else self.recipe.crop_size
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,6 +231,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     options: dict[str, Any] = {}
     if args.dataset == "voc":
         options = {"no_background": args.no_background, "sbd": args.sbd}
+    else:
+        for flag in ("no_background", "sbd"):
+            if getattr(args, flag, False):
+                raise ValueError(f"--{flag.replace('_', '-')} is for --dataset voc, got --dataset {args.dataset}")
     if args.dataset != "synthetic" and args.data_root is None:
         raise ValueError(f"--data-root is required for --dataset {args.dataset}")
     if args.synthetic_length is not None:

@@ -59,6 +59,7 @@ class TrainResult:
 
     @property
     def miou(self) -> float:
+        """The mean of ``iou`` (NaN without a final evaluation)."""
         return mean_iou(self.iou) if self.iou is not None else float("nan")
 
 

@@ -42,8 +42,6 @@ def _raise_on_bad_values(
         flags.append(_keep_status(keep))
     if bad_index is not None:
         flags.append((bad_index.reshape(()) != NO_BAD_LABEL.value).to(torch.int64))
-    if not flags:
-        return
     values = torch.stack(flags).tolist()
     if keep is not None and values[0]:
         functional._check_keep_values(keep)
@@ -288,7 +286,8 @@ def seg_cross_entropy(
     align_corners: bool,
     deterministic: bool,
 ) -> torch.Tensor:
-    """The fused cross-entropy (0-dim float32); keep float32 ``[R, K]`` or None."""
+    """The fused cross-entropy (0-dim float32) of logits ``[B, K, h, w]`` (float32, float16 or bfloat16)
+    bilinearly upsampled to target ``[B, H, W]`` (integer); keep float32 ``[R, K]`` or None."""
     loss, _, _ = _seg_cross_entropy(
         dense(logits), target, keep, ignore_index, align_corners, _ops.wants_grad(logits), deterministic
     )
@@ -296,7 +295,8 @@ def seg_cross_entropy(
 
 
 def dropped_class_prob(logits: torch.Tensor, keep: torch.Tensor, deterministic: bool) -> torch.Tensor:
-    """``L_sup`` (0-dim float32); keep float32 ``[R, K]``."""
+    """``L_sup`` (0-dim float32) of logits ``[B, K, h, w]`` (float32, float16 or bfloat16); keep float32
+    ``[R, K]``."""
     loss, _, _ = _dropped_class_prob(dense(logits), keep, _ops.wants_grad(logits), deterministic)
     return loss
 
