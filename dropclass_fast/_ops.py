@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import torch
 
+from .reference import accumulation_dtype
+
 _registered = False
 
 
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _fake_loss_and_grad(logits: torch.Tensor, compute_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    acc = _accumulate_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     grad_shape = logits.shape if compute_grad else (0,)
     return logits.new_empty((), dtype=acc), logits.new_empty(grad_shape, dtype=acc)
 

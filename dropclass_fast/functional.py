@@ -83,7 +83,7 @@ def _keep_as_rows(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     path's checks): rounding would turn a value such as ``1 + 1e-12`` into 1, which the kernels' checks would
     then accept.
     """
-    accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+    accumulate = reference.accumulation_dtype(dtype)
     if keep.dtype == torch.float64 and accumulate == torch.float32 and _checking_values():
         _check_keep_values(keep)
     rows = keep.unsqueeze(0) if keep.dim() == 1 else keep

@@ -27,13 +27,14 @@ __all__ = [
 ]
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What every backend computes ``dtype`` inputs in: float64 for float64, float32 for the other float dtypes."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _importance(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``s`` in the accumulate dtype (float32; float64 for float64 weights)."""
-    w = weight.to(_compute_dtype(weight))
+    w = weight.to(accumulation_dtype(weight.dtype))
     w = w.flatten(2).sum(2) if w.dim() > 2 else w
     importance = torch.relu(w)
     k = keep.to(importance.dtype)
@@ -94,7 +95,7 @@ def seg_cross_entropy(
     pixels of classes dropped by ``keep`` are ignored. With no valid pixel the
     loss is 0. Returns a 0-dim float32 tensor (float64 for float64 logits).
     """
-    z = _upsample(logits.to(_compute_dtype(logits)), tuple(target.shape[-2:]), align_corners)
+    z = _upsample(logits.to(accumulation_dtype(logits.dtype)), tuple(target.shape[-2:]), align_corners)
     y = target.long() if keep is None else _drop_targets(target, keep, ignore_index)
     count = (y != ignore_index).sum()
     return F.cross_entropy(z, y, ignore_index=ignore_index, reduction="sum") / count.clamp(min=1)
@@ -108,7 +109,7 @@ def dropped_class_prob(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor
     ``keep`` ``[B, K]`` averages each term over that sample's pixels. Returns
     0 when nothing is dropped; 0-dim float32 (float64 for float64 logits).
     """
-    prob = torch.softmax(logits.to(_compute_dtype(logits)), dim=1)
+    prob = torch.softmax(logits.to(accumulation_dtype(logits.dtype)), dim=1)
     per_sample_class = prob.mean(dim=(2, 3))  # [B, K]
     dropped = 1.0 - keep.to(prob.dtype).expand_as(per_sample_class)
     n = dropped.sum()

@@ -276,6 +276,16 @@ def test_check_backbone_loaded_accepts_a_backbone_file_and_refuses_another_model
     check_backbone_loaded(deeplab, load_torchvision_checkpoint(deeplab, head_only), "mobilenet.pt")
 
 
+@pytest.mark.parametrize("name", ["hrnet_v1", "deeplabv3"])
+def test_reference_models_refuse_bad_options(name):
+    with pytest.raises(ValueError, match="num_classes must be an int of at least 2, got 1"):
+        build_model(name, num_classes=1, dropclass=True)
+    with pytest.raises(ValueError, match="num_classes must be an int of at least 2, got 19.0"):
+        build_model(name, num_classes=19.0, dropclass=True)
+    with pytest.raises(ValueError, match=r"DropClass options \['seed'\] need dropclass=True"):
+        build_model(name, num_classes=19, dropclass=False, seed=0)
+
+
 def test_attach_dropclass_errors():
     with pytest.raises(ValueError, match="head.missing"):
         attach_dropclass(_Toy(), classifier="head.missing")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import require_floating
+from .._checks import check_int, require_floating
 from ..module import DropClass, DropClassOutput
 
 
@@ -17,6 +17,14 @@ def check_images(images: object, channels: int | None = 3) -> torch.Tensor:
     if channels is not None and images.shape[1] != channels:
         raise ValueError(f"images must be {layout}, got shape {tuple(images.shape)}")
     return images
+
+
+def check_model_options(num_classes: object, dropclass: bool, dropclass_kwargs: dict[str, object]) -> int:
+    """``num_classes`` as an int; ValueError unless it is at least 2, or when DropClass options come without
+    ``dropclass=True``."""
+    if dropclass_kwargs and not dropclass:
+        raise ValueError(f"DropClass options {sorted(dropclass_kwargs)} need dropclass=True")
+    return check_int("num_classes", num_classes, minimum=2)
 
 
 def check_dropclass_call(module: nn.Module, progress: float | None, keep: torch.Tensor | None) -> None:

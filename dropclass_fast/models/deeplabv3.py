@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..module import DropClass
-from .base import SegmentationModel
+from .base import SegmentationModel, check_model_options
 from .mobilenetv3 import mobilenet_v3_large_features
 
 ASPP_CHANNELS = 256
@@ -84,10 +84,7 @@ class DeepLabV3(SegmentationModel):
 
     def __init__(self, num_classes: int = 21, dropclass: bool = True, **dropclass_kwargs: Any) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        if dropclass_kwargs and not dropclass:
-            raise ValueError(f"DropClass options {sorted(dropclass_kwargs)} need dropclass=True")
+        num_classes = check_model_options(num_classes, dropclass, dropclass_kwargs)
         self.backbone = mobilenet_v3_large_features(dilated=True)
         classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
         self.classifier = nn.Sequential(

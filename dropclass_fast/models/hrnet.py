@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..module import DropClass
-from .base import SegmentationModel
+from .base import SegmentationModel, check_model_options
 
 BN_MOMENTUM = 0.01
 ALIGN_CORNERS = False
@@ -213,10 +213,7 @@ class HRNet(SegmentationModel):
         super().__init__()
         if version not in HRNET_CONFIGS:
             raise ValueError(f"version must be one of {sorted(HRNET_CONFIGS)}, got {version!r}")
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        if dropclass_kwargs and not dropclass:
-            raise ValueError(f"DropClass options {sorted(dropclass_kwargs)} need dropclass=True")
+        num_classes = check_model_options(num_classes, dropclass, dropclass_kwargs)
         self.version = version
         stage1, *stages = HRNET_CONFIGS[version]
 
