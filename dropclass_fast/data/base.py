@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .._checks import check_int, is_int
+from .io import check_same_size, map_label_ids, read_image, read_label
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -92,3 +94,26 @@ class SegmentationDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image, label = self.load_raw(index)
         return self.transform(image, label, rng)
+
+
+class FilePairDataset(SegmentationDataset):
+    """A dataset of image and label files whose stored label ids a lookup table maps to train ids.
+
+    Subclasses set ``items`` (``(image_path, label_path)`` pairs), ``label_lookup``
+    (uint8 ``[256]``: stored id -> train id) and ``label_valid`` (bool ``[256]``:
+    the ids a label file may hold).
+    """
+
+    items: list[tuple[Path, Path]]
+    label_lookup: np.ndarray
+    label_valid: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image uint8 ``[H, W, 3]`` and label uint8 ``[H, W]`` in train ids (``ignore_index`` where ignored)."""
+        image_path, label_path = self.items[self.check_index(index)]
+        image, stored = read_image(image_path), read_label(label_path)
+        check_same_size(image, stored, image_path, label_path)
+        return image, map_label_ids(stored, self.label_lookup, self.label_valid, label_path)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import SegmentationDataset, Transform, check_split
-from .io import check_same_size, map_label_ids, read_image, read_label
+from .base import FilePairDataset, Transform, check_split
 
 # The official table (cityscapesScripts, helpers/labels.py): label id -> train id, 255 = ignored in training.
 # License plate has id -1 and is never written to the labelIds images, so every stored id is in 0..33.
@@ -111,14 +110,15 @@ def expected_layout(root: Path, split: str) -> str:
     )
 
 
-class Cityscapes(SegmentationDataset):
+class Cityscapes(FilePairDataset):
     """Cityscapes with fine annotations: 19 classes, 255 = ignore.
 
     Layout under ``root``: ``leftImg8bit/{split}/{city}/{name}_leftImg8bit.png``
     and ``gtFine/{split}/{city}/{name}_gtFine_labelIds.png``. Items are sorted
     by city and file name. Every image must have its label file (checked when
     the dataset is built); label ids are mapped to train ids with the official
-    table (:data:`LABEL_ID_TO_TRAIN_ID`) and an id outside 0..33 raises.
+    table (:data:`LABEL_ID_TO_TRAIN_ID`) and an id outside 0..33 raises. Real
+    images are ``[1024, 2048, 3]``.
 
     Args:
         root: the Cityscapes directory.
@@ -131,6 +131,8 @@ class Cityscapes(SegmentationDataset):
     class_names = CLASS_NAMES
     palette = PALETTE
     splits = ("train", "val", "test")
+    label_lookup = _LOOKUP
+    label_valid = _VALID
 
     def __init__(self, root: str | Path, split: str = "train", transform: Transform | None = None, seed: int = 0):
         super().__init__(transform, seed)
@@ -157,13 +159,3 @@ class Cityscapes(SegmentationDataset):
         if not items:
             raise FileNotFoundError(f"no Cityscapes images found under {image_dir}; {layout}")
         return items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Image uint8 ``[1024, 2048, 3]`` for real data and label uint8 ``[H, W]`` in train ids."""
-        image_path, label_path = self.items[self.check_index(index)]
-        image, label_ids = read_image(image_path), read_label(label_path)
-        check_same_size(image, label_ids, image_path, label_path)
-        return image, map_label_ids(label_ids, _LOOKUP, _VALID, label_path)

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .._checks import check_bool
-from .base import SegmentationDataset, Transform, check_split
-from .io import check_same_size, map_label_ids, read_image, read_label
+from .base import FilePairDataset, Transform, check_split
 
 CLASS_NAMES: tuple[str, ...] = (
     "background",
@@ -63,7 +62,7 @@ def _read_ids(list_path: Path) -> list[str]:
     return ids
 
 
-class VOC(SegmentationDataset):
+class VOC(FilePairDataset):
     """Pascal VOC 2012 segmentation: 21 classes, or 20 with ``no_background`` (the paper's setting).
 
     Layout under ``root`` (the ``VOCdevkit/VOC2012`` directory):
@@ -108,11 +107,11 @@ class VOC(SegmentationDataset):
         self.class_names = CLASS_NAMES[first:]
         self.num_classes = len(self.class_names)
         self.palette = voc_palette(NUM_STORED_CLASSES)[first:]
-        self._lookup = np.full(256, self.ignore_index, dtype=np.uint8)
-        self._lookup[first:NUM_STORED_CLASSES] = np.arange(NUM_STORED_CLASSES - first)
-        self._valid = np.zeros(256, dtype=bool)
-        self._valid[:NUM_STORED_CLASSES] = True
-        self._valid[255] = True
+        self.label_lookup = np.full(256, self.ignore_index, dtype=np.uint8)
+        self.label_lookup[first:NUM_STORED_CLASSES] = np.arange(NUM_STORED_CLASSES - first)
+        self.label_valid = np.zeros(256, dtype=bool)
+        self.label_valid[:NUM_STORED_CLASSES] = True
+        self.label_valid[255] = True
         self.items = self._find_items()
 
     def _find_items(self) -> list[tuple[Path, Path]]:
@@ -136,13 +135,3 @@ class VOC(SegmentationDataset):
                     raise FileNotFoundError(f"VOC file {path} (listed in {list_path}) not found; {layout}")
             items.append((image_path, label_path))
         return items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Image uint8 ``[H, W, 3]`` and label uint8 ``[H, W]`` in train ids (255 = ignore)."""
-        image_path, label_path = self.items[self.check_index(index)]
-        image, stored = read_image(image_path), read_label(label_path)
-        check_same_size(image, stored, image_path, label_path)
-        return image, map_label_ids(stored, self._lookup, self._valid, label_path)
