@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port, numpy_confusion, numpy_iou
 
 from dropclass_fast.metrics import (
     ConfusionMatrix,
+    format_iou_table,
     least_frequent_classes,
     mean_iou,
     miou_least_frequent,
@@ -64,14 +65,9 @@ def test_subsets_match_numpy_on_random_data():
     pred[target == 255] = 0  # ... nor predicted
     cm = ConfusionMatrix(k)
     cm.update(torch.from_numpy(pred), torch.from_numpy(target))
-    valid = target != 255
-    matrix = np.zeros((k, k))
-    np.add.at(matrix, (target[valid], pred[valid]), 1)
-    tp = np.diag(matrix)
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    with np.errstate(invalid="ignore"):
-        expected = tp / union
+    expected = numpy_iou(numpy_confusion(target, pred, k))
     np.testing.assert_allclose(cm.iou().numpy(), expected, equal_nan=True)
+    valid = target != 255
 
     frequency = np.bincount(target[valid], minlength=k) / valid.sum()
     rare = np.argsort(frequency, kind="stable")[: k // 2]
@@ -100,12 +96,6 @@ def test_bad_arguments_are_named(call, message):
         call()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _reduce_worker(rank: int, world: int, port: int, path: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -122,6 +112,59 @@ def _reduce_worker(rank: int, world: int, port: int, path: str) -> None:
 
 def test_all_reduce_sums_over_two_gloo_processes(tmp_path):
     path = tmp_path / "matrix.pt"
-    mp.spawn(_reduce_worker, args=(2, _free_port(), str(path)), nprocs=2, join=True)
+    mp.spawn(_reduce_worker, args=(2, free_port(), str(path)), nprocs=2, join=True)
     expected = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 1]])
     assert torch.equal(torch.load(path, weights_only=True), expected)
+
+
+def test_confusion_matrix_by_hand():
+    cm = ConfusionMatrix(4, ignore_index=255)
+    cm.update(torch.tensor([[0, 1], [1, 2]]), torch.tensor([[0, 1], [2, 255]]))
+    cm.update(torch.tensor([0, 0]), torch.tensor([0, 2]))
+    expected = torch.zeros(4, 4, dtype=torch.int64)
+    expected[0, 0], expected[1, 1], expected[2, 1], expected[2, 0] = 2, 1, 1, 1
+    assert torch.equal(cm.matrix, expected)
+    iou = cm.iou()
+    # class 0: TP 2, FP 1 (label 2 predicted 0), FN 0 -> 2/3; class 1: TP 1, FP 1 -> 1/2;
+    # class 2: TP 0, FN 2 -> 0; class 3: absent from labels and predictions -> NaN
+    assert iou[:3].tolist() == pytest.approx([2 / 3, 1 / 2, 0.0])
+    assert torch.isnan(iou[3])
+    assert mean_iou(iou) == pytest.approx((2 / 3 + 1 / 2) / 3)
+    assert cm.pixel_accuracy() == pytest.approx(3 / 5)
+
+
+def test_confusion_matrix_matches_numpy_on_random_data():
+    rng = np.random.default_rng(0)
+    k = 7
+    target = rng.integers(0, k, size=(3, 20, 30))
+    target[rng.random(target.shape) < 0.1] = 255
+    pred = rng.integers(0, k, size=target.shape)
+    cm = ConfusionMatrix(k)
+    cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+    expected = numpy_confusion(target, pred, k)
+    assert np.array_equal(cm.matrix.numpy(), expected)
+    np.testing.assert_allclose(cm.iou().numpy(), numpy_iou(expected))
+
+
+def test_confusion_matrix_rejects_bad_input():
+    cm = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match=r"got target \[5\], prediction \[\]$"):  # the prediction 1 is valid
+        cm.update(torch.tensor([0, 1]), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match=r"got target \[\], prediction \[-1\]$"):
+        cm.update(torch.tensor([0, -1]), torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 2.7"):
+        ConfusionMatrix(2.7)
+    with pytest.raises(ValueError, match="same shape"):
+        cm.update(torch.tensor([0, 1]), torch.tensor([0]))
+    with pytest.raises(TypeError, match="integer tensors"):
+        cm.update(torch.tensor([0.0]), torch.tensor([0]))
+
+
+def test_iou_table_has_one_row_per_class_and_the_delta():
+    ious = {"baseline": torch.tensor([0.5, 0.25]), "dropclass": torch.tensor([0.6, 0.2])}
+    table = format_iou_table(("road", "car"), ious)
+    lines = table.splitlines()
+    assert lines[0] == "| class | baseline | dropclass | delta |"
+    assert lines[2] == "| road | 50.0 | 60.0 | +10.0 |"
+    assert lines[3] == "| car | 25.0 | 20.0 | -5.0 |"
+    assert lines[4] == "| mIoU | 37.5 | 40.0 | +2.5 |"

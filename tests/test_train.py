@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from dropclass_fast.models.checkpoints import read_state_dict
 from dropclass_fast.train import TrainConfig, engine, load_checkpoint, train
@@ -128,12 +128,6 @@ def test_deeplabv3_refuses_one_sample_per_batch_norm(tmp_path):
         train(TrainConfig(**{**SMALL, "batch_size": 1, "model": "deeplabv3"}, iters=1, output=str(tmp_path)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world_size: int, port: int, output: str) -> None:
     os.environ.update(
         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world_size),
@@ -155,7 +149,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, output: str) -> None:
 
 
 def test_ddp_two_processes_with_gloo(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
     assert checkpoint["config"]["method"] == "dropclass"

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from dropclass_fast.metrics import ConfusionMatrix, format_iou_table, mean_iou
 from dropclass_fast.train import ResumableSampler, TrainConfig, load_checkpoint, poly_lr, save_atomic
 from dropclass_fast.train.checkpoint import rng_state, set_rng_state
 from dropclass_fast.train.config import build_parser, config_from_args
@@ -203,59 +202,3 @@ def test_csv_log_drops_rows_after_the_resumed_iteration(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["loss"]) == 9.0
-
-
-def test_confusion_matrix_by_hand():
-    cm = ConfusionMatrix(4, ignore_index=255)
-    cm.update(torch.tensor([[0, 1], [1, 2]]), torch.tensor([[0, 1], [2, 255]]))
-    cm.update(torch.tensor([0, 0]), torch.tensor([0, 2]))
-    expected = torch.zeros(4, 4, dtype=torch.int64)
-    expected[0, 0], expected[1, 1], expected[2, 1], expected[2, 0] = 2, 1, 1, 1
-    assert torch.equal(cm.matrix, expected)
-    iou = cm.iou()
-    # class 0: TP 2, FP 1 (label 2 predicted 0), FN 0 -> 2/3; class 1: TP 1, FP 1 -> 1/2;
-    # class 2: TP 0, FN 2 -> 0; class 3: absent from labels and predictions -> NaN
-    assert iou[:3].tolist() == pytest.approx([2 / 3, 1 / 2, 0.0])
-    assert torch.isnan(iou[3])
-    assert mean_iou(iou) == pytest.approx((2 / 3 + 1 / 2) / 3)
-    assert cm.pixel_accuracy() == pytest.approx(3 / 5)
-
-
-def test_confusion_matrix_matches_numpy_on_random_data():
-    rng = np.random.default_rng(0)
-    k = 7
-    target = rng.integers(0, k, size=(3, 20, 30))
-    target[rng.random(target.shape) < 0.1] = 255
-    pred = rng.integers(0, k, size=target.shape)
-    cm = ConfusionMatrix(k)
-    cm.update(torch.from_numpy(pred), torch.from_numpy(target))
-    valid = target != 255
-    expected = np.zeros((k, k), dtype=np.int64)
-    np.add.at(expected, (target[valid], pred[valid]), 1)
-    assert np.array_equal(cm.matrix.numpy(), expected)
-    tp = np.diag(expected)
-    assert np.allclose(cm.iou().numpy(), tp / (expected.sum(0) + expected.sum(1) - tp))
-
-
-def test_confusion_matrix_rejects_bad_input():
-    cm = ConfusionMatrix(3)
-    with pytest.raises(ValueError, match=r"got target \[5\], prediction \[\]$"):  # the prediction 1 is valid
-        cm.update(torch.tensor([0, 1]), torch.tensor([0, 5]))
-    with pytest.raises(ValueError, match=r"got target \[\], prediction \[-1\]$"):
-        cm.update(torch.tensor([0, -1]), torch.tensor([0, 2]))
-    with pytest.raises(ValueError, match="num_classes must be a positive int, got 2.7"):
-        ConfusionMatrix(2.7)
-    with pytest.raises(ValueError, match="same shape"):
-        cm.update(torch.tensor([0, 1]), torch.tensor([0]))
-    with pytest.raises(TypeError, match="integer tensors"):
-        cm.update(torch.tensor([0.0]), torch.tensor([0]))
-
-
-def test_iou_table_has_one_row_per_class_and_the_delta():
-    ious = {"baseline": torch.tensor([0.5, 0.25]), "dropclass": torch.tensor([0.6, 0.2])}
-    table = format_iou_table(("road", "car"), ious)
-    lines = table.splitlines()
-    assert lines[0] == "| class | baseline | dropclass | delta |"
-    assert lines[2] == "| road | 50.0 | 60.0 | +10.0 |"
-    assert lines[3] == "| car | 25.0 | 20.0 | -5.0 |"
-    assert lines[4] == "| mIoU | 37.5 | 40.0 | +2.5 |"
