@@ -7,6 +7,7 @@ import pytest
 import torch
 from backends import CPU_BACKENDS
 from op_inputs import make_keep, make_target
+from op_runs import assert_grad_close, run_op
 
 import dropclass_fast
 from dropclass_fast import functional as dcf
@@ -28,30 +29,6 @@ SEG_SHAPES = [
 ]
 
 
-def _upcast(x: torch.Tensor | None) -> torch.Tensor | None:
-    """The reference sees half-precision inputs as float32, as the kernels accumulate them."""
-    if x is not None and x.dtype in (torch.float16, torch.bfloat16):
-        return x.float()
-    return x
-
-
-def cpp_and_reference(fn_name: str, *tensors, **kwargs):
-    """``(output, input grads)`` of ``fn_name`` with the C++ backend and with the reference."""
-    results = []
-    for run_cpp in (True, False):
-        leaves = [
-            t.detach().clone().requires_grad_() if t is not None and t.is_floating_point() else t for t in tensors
-        ]
-        if run_cpp:
-            with dropclass_fast.set_backend("cpp"):
-                out = getattr(dcf, fn_name)(*leaves, **kwargs)
-        else:
-            out = getattr(reference, fn_name)(*[_upcast(x) for x in leaves], **kwargs)
-        out.backward()
-        results.append((out, [x.grad for x in leaves if x is not None and x.requires_grad]))
-    return results
-
-
 @pytest.mark.parametrize("shape", SEG_SHAPES, ids=lambda s: f"B{s[0]}K{s[1]}_{s[2][0]}x{s[2][1]}to{s[3][0]}x{s[3][1]}")
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("keep_mode", ["none", "batch", "sample"])
@@ -60,13 +37,11 @@ def test_seg_cross_entropy_float32(cpp_backend, shape, align_corners, keep_mode)
     logits = torch.randn(batch, num_classes, *low) * 3
     target = make_target(batch, num_classes, high)
     keep = make_keep(keep_mode, batch, num_classes)
-    (got, got_grads), (want, want_grads) = cpp_and_reference(
-        "seg_cross_entropy", logits, target, keep, align_corners=align_corners
-    )
+    got, got_grads = run_op("seg_cross_entropy", "cpp", logits, target, keep, align_corners=align_corners)
+    want, want_grads = run_op("seg_cross_entropy", "reference", logits, target, keep, align_corners=align_corners)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
-    scale = want_grads[0].abs().max()
-    torch.testing.assert_close(got_grads[0], want_grads[0], rtol=1e-5, atol=1e-5 * scale)
+    assert_grad_close(got_grads[0], want_grads[0], rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -75,14 +50,11 @@ def test_seg_cross_entropy_half_precision(cpp_backend, dtype, align_corners):
     logits = (torch.randn(2, 19, 37, 53) * 3).to(dtype)
     target = make_target(2, 19, (150, 211))
     keep = make_keep("sample", 2, 19)
-    (got, got_grads), (want, want_grads) = cpp_and_reference(
-        "seg_cross_entropy", logits, target, keep, align_corners=align_corners
-    )
+    got, got_grads = run_op("seg_cross_entropy", "cpp", logits, target, keep, align_corners=align_corners)
+    want, want_grads = run_op("seg_cross_entropy", "reference", logits, target, keep, align_corners=align_corners)
     assert got.dtype == torch.float32 and got_grads[0].dtype == dtype
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    scale = want_grads[0].abs().max().item()
-    rtol = TOLERANCE[dtype]["rtol"]
-    torch.testing.assert_close(got_grads[0].float(), want_grads[0].float(), rtol=rtol, atol=rtol * scale)
+    assert_grad_close(got_grads[0], want_grads[0], rtol=TOLERANCE[dtype]["rtol"])
 
 
 @pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
@@ -117,11 +89,11 @@ def test_seg_cross_entropy_all_ignored_is_zero(cpp_backend, backend):
 def test_dropped_class_prob(cpp_backend, keep_mode, num_classes, dtype):
     logits = (torch.randn(3, num_classes, 11, 13) * 2).to(dtype)
     keep = make_keep(keep_mode, 3, num_classes)
-    (got, got_grads), (want, want_grads) = cpp_and_reference("dropped_class_prob", logits, keep)
+    got, got_grads = run_op("dropped_class_prob", "cpp", logits, keep)
+    want, want_grads = run_op("dropped_class_prob", "reference", logits, keep)
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(got, want, rtol=max(tol["rtol"], 1e-5) if dtype != torch.float32 else 1e-5, atol=1e-6)
-    scale = want_grads[0].abs().max().item()
-    torch.testing.assert_close(got_grads[0].float(), want_grads[0].float(), rtol=tol["rtol"], atol=tol["rtol"] * scale)
+    assert_grad_close(got_grads[0], want_grads[0], rtol=tol["rtol"])
 
 
 def test_dropped_class_prob_nothing_dropped(cpp_backend):

@@ -12,6 +12,7 @@ import re
 import op_inputs
 import pytest
 import torch
+from op_runs import assert_grad_close, run_op
 
 import dropclass_fast
 from dropclass_fast import functional as dcf
@@ -44,26 +45,6 @@ def make_logits(batch, num_classes, size, dtype=torch.float32, channels_last=Fal
     return logits.contiguous(memory_format=torch.channels_last) if channels_last else logits
 
 
-def run(fn_name: str, backend: str, *tensors, **kwargs):
-    """``(output, grads of the logits)``; the reference sees half-precision inputs as float32."""
-    leaves = [t.detach().clone().requires_grad_() if t is not None and t.dim() == 4 else t for t in tensors]
-    if backend == "triton":
-        with dropclass_fast.set_backend("triton"):
-            out = getattr(dcf, fn_name)(*leaves, **kwargs)
-    else:
-        upcast = [x.float() if x is not None and x.dtype in HALF_RTOL else x for x in leaves]
-        out = getattr(reference, fn_name)(*upcast, **kwargs)
-    total = out[0] if isinstance(out, tuple) else out
-    total.backward()
-    return out, [x.grad for x in leaves if x is not None and x.requires_grad]
-
-
-def assert_grad_close(got: torch.Tensor, want: torch.Tensor, rtol: float = 1e-5) -> None:
-    assert got.dtype == want.dtype and got.shape == want.shape
-    scale = want.float().abs().max().item()
-    torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=rtol * max(scale, 1e-12))
-
-
 def test_offset_helper_multiplies_in_int64():
     """The kernels address through ``offset64``; a product past 2**31 must not wrap."""
 
@@ -86,8 +67,8 @@ def test_seg_cross_entropy_float32(shape, align_corners, keep_mode):
     logits = make_logits(batch, num_classes, low)
     target = make_target(batch, num_classes, high)
     keep = make_keep(keep_mode, batch, num_classes)
-    got, got_grads = run("seg_cross_entropy", "triton", logits, target, keep, align_corners=align_corners)
-    want, want_grads = run("seg_cross_entropy", "eager", logits, target, keep, align_corners=align_corners)
+    got, got_grads = run_op("seg_cross_entropy", "triton", logits, target, keep, align_corners=align_corners)
+    want, want_grads = run_op("seg_cross_entropy", "reference", logits, target, keep, align_corners=align_corners)
     assert got.dtype == torch.float32 and got.dim() == 0
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert_grad_close(got_grads[0], want_grads[0])
@@ -100,8 +81,8 @@ def test_seg_cross_entropy_dtypes_and_layouts(dtype, channels_last):
     logits = make_logits(batch, num_classes, low, dtype, channels_last)
     target = make_target(batch, num_classes, high)
     keep = make_keep("sample", batch, num_classes)
-    got, got_grads = run("seg_cross_entropy", "triton", logits, target, keep)
-    want, want_grads = run("seg_cross_entropy", "eager", logits, target, keep)
+    got, got_grads = run_op("seg_cross_entropy", "triton", logits, target, keep)
+    want, want_grads = run_op("seg_cross_entropy", "reference", logits, target, keep)
     assert got.dtype == torch.float32 and got_grads[0].dtype == dtype
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert_grad_close(got_grads[0], want_grads[0].to(dtype), HALF_RTOL.get(dtype, 1e-5))
@@ -148,8 +129,8 @@ def test_all_ignored_gives_zero_loss_and_gradient():
 def test_dropped_class_prob(keep_mode, dtype, channels_last):
     logits = make_logits(2, 5, (7, 9), dtype, channels_last)
     keep = make_keep(keep_mode, 2, 5)
-    got, got_grads = run("dropped_class_prob", "triton", logits, keep)
-    want, want_grads = run("dropped_class_prob", "eager", logits, keep)
+    got, got_grads = run_op("dropped_class_prob", "triton", logits, keep)
+    want, want_grads = run_op("dropped_class_prob", "reference", logits, keep)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
     assert_grad_close(got_grads[0], want_grads[0].to(dtype), HALF_RTOL.get(dtype, 1e-5))
 
@@ -220,8 +201,8 @@ def test_dropclass_loss_fused(shape, keep_mode, dtype, align_corners, ignore_ind
     keep = make_keep(keep_mode, batch, num_classes)
     args = (logits, drop_logits, target, keep)
     options = {"progress": 0.3, "ignore_index": ignore_index, "align_corners": align_corners}
-    (got, got_parts), got_grads = run("dropclass_loss", "triton", *args, **options)
-    (want, want_parts), want_grads = run("dropclass_loss", "eager", *args, **options)
+    (got, got_parts), got_grads = run_op("dropclass_loss", "triton", *args, **options)
+    (want, want_parts), want_grads = run_op("dropclass_loss", "reference", *args, **options)
     for name in ("ce", "ce_drop", "sup"):
         torch.testing.assert_close(got_parts[name], want_parts[name], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
