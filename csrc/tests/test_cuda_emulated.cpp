@@ -18,23 +18,14 @@
 #include "cuda_launch.cuh"
 #include "dropped_class_prob.h"
 #include "seg_cross_entropy.h"
+#include "test_harness.h"
 
 using namespace dropclass_fast::kernels;
 namespace kc = dropclass_fast::kernels::cuda;
+using test_harness::CeCase;
+using test_harness::check;
 
 namespace {
-
-int g_passed = 0;
-int g_failed = 0;
-
-void check(bool ok, const std::string& what) {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    std::printf("FAIL %s\n", what.c_str());
-  }
-}
 
 // max |got - want| / max |want| (absolute when want is all zero).
 double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
@@ -70,14 +61,6 @@ std::vector<uint8_t> make_keep(int keep_mode, int B, int K, std::mt19937& rng, i
   for (int r = 0; r < *rows; ++r) keep[r * K] = 1;
   return keep;
 }
-
-struct CeCase {
-  int B, K, h, w, H, W;
-  bool align_corners;
-  int keep_mode;
-  int64_t ignore;
-  double p_ignore;
-};
 
 // sup: the combined pass (seg_cross_entropy_sup_cuda) against the CPU
 // seg_cross_entropy and dropped_class_prob; needs a keep mask (keep_mode > 0).
@@ -265,7 +248,7 @@ void test_keep_mask() {
 // scratch, the kernel still launches (fewer rows per tile) and is correct.
 void test_seg_ce_static_shared_memory(std::mt19937& rng) {
   const CeCase cs = {1, 150, 4, 6, 13, 22, false, 2, 255, 0.1};
-  const int before = g_failed;
+  const int before = test_harness::g_failed;
   emu::largest_dynamic_smem = 0;
   test_seg_ce<float, int64_t>(cs, true, false, rng);
   const size_t tables = emu::largest_dynamic_smem;
@@ -278,7 +261,7 @@ void test_seg_ce_static_shared_memory(std::mt19937& rng) {
   check(emu::largest_dynamic_smem < tables, "smaller tiles under a lower shared-memory limit: " +
                                                 std::to_string(emu::largest_dynamic_smem) + " vs " +
                                                 std::to_string(tables) + " bytes");
-  if (g_failed != before) std::printf("FAIL (the cases above) static shared memory left out of the tile plan\n");
+  if (test_harness::g_failed != before) std::printf("FAIL (the cases above) static shared memory left out of the tile plan\n");
 }
 
 int main(int argc, char** argv) {
@@ -288,30 +271,15 @@ int main(int argc, char** argv) {
   test_seg_ce_bad_label();
   test_seg_ce_static_shared_memory(rng);
 
-  const std::vector<CeCase> cases = {
-      {2, 19, 9, 13, 37, 51, false, 0, 255, 0.1},
-      {2, 19, 9, 13, 37, 51, true, 2, 255, 0.1},
-      {3, 2, 5, 7, 23, 17, false, 1, 255, 0.2},
-      {3, 2, 5, 7, 23, 17, true, 2, -1, 0.2},
-      {1, 21, 6, 5, 6, 5, false, 1, 255, 0.1},    // no resampling
-      {1, 21, 6, 5, 6, 5, true, 0, 255, 0.1},
-      {2, 7, 11, 9, 5, 4, false, 2, 255, 0.1},    // downsampling
-      {2, 7, 11, 9, 5, 4, true, 1, 255, 0.1},
-      {2, 5, 1, 1, 6, 5, false, 0, 255, 0.1},     // 1x1 source
-      {2, 5, 4, 3, 1, 1, true, 0, 255, 0.0},      // 1x1 target
-      {2, 3, 4, 5, 9, 11, false, 0, 255, 1.0},    // everything ignored
-      {1, 4, 3, 70, 5, 333, false, 2, 255, 0.1},  // several column tiles
-      {2, 19, 9, 13, 36, 52, false, 2, 255, 0.1}, // integer factor 4
-      {2, 19, 9, 13, 33, 49, true, 1, 255, 0.1},
-      {1, 3, 5, 24, 17, 192, false, 0, 255, 0.1}, // x8
+  std::vector<CeCase> cases = test_harness::shared_ce_cases();
+  cases.insert(cases.end(), {
       {1, 2, 2, 3, 40, 700, false, 0, 255, 0.1},  // a column spans several block passes
       {1, 2, 2, 3, 40, 700, true, 0, 255, 0.1},
       {1, 9, 20, 30, 80, 120, false, 1, 255, 0.1},
       {1, 30, 20, 33, 21, 35, true, 2, 255, 0.1},
       {1, 12, 17, 9, 68, 36, false, 2, 255, 0.1},
       {1, 40, 4, 6, 13, 22, false, 2, 255, 0.1},  // K > 32: shared-memory class storage
-      {1, 150, 4, 6, 13, 22, false, 2, 255, 0.1},
-  };
+  });
   for (const CeCase& cs : cases)
     for (bool grad : {true, false}) {
       test_seg_ce<float, int64_t>(cs, grad, false, rng);
@@ -336,6 +304,5 @@ int main(int argc, char** argv) {
       test_channel_mask<bf16_t>(3, 9, 4, 3, 5, 9, channels_last, keep_mode, rng);
       test_channel_mask<float>(2, 8, 100, 90, 4, 1, channels_last, keep_mode, rng);  // several chunks
     }
-  std::printf("%d passed, %d failed\n", g_passed, g_failed);
-  return g_failed == 0 ? 0 : 1;
+  return test_harness::summary();
 }

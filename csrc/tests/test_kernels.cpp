@@ -19,22 +19,13 @@
 #include "common.h"
 #include "dropped_class_prob.h"
 #include "seg_cross_entropy.h"
+#include "test_harness.h"
 
 using namespace dropclass_fast::kernels;
+using test_harness::CeCase;
+using test_harness::check;
 
 namespace {
-
-int g_passed = 0;
-int g_failed = 0;
-
-void check(bool ok, const std::string& name, const std::string& detail = "") {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    std::printf("FAIL %s %s\n", name.c_str(), detail.c_str());
-  }
-}
 
 std::string fmt(const char* f, double a, double b = 0, double c = 0) {
   char buf[256];
@@ -144,16 +135,8 @@ RefAxis ref_axis(int in, int out, bool align_corners) {
 // ---------------------------------------------------------------------------
 // seg_cross_entropy
 // ---------------------------------------------------------------------------
-struct CECase {
-  int B, K, h, w, H, W;
-  bool align_corners;
-  int keep_mode;  // 0 none, 1 per batch [1,K], 2 per sample [B,K]
-  int64_t ignore;
-  double ignore_frac;
-};
-
 void ref_seg_ce(const std::vector<double>& L, const std::vector<int64_t>& t,
-                const std::vector<uint8_t>* keep, int keep_rows, const CECase& cs,
+                const std::vector<uint8_t>* keep, int keep_rows, const CeCase& cs,
                 double* loss, std::vector<double>* grad, int64_t* count) {
   const int B = cs.B, K = cs.K, h = cs.h, w = cs.w, H = cs.H, W = cs.W;
   const RefAxis ry = ref_axis(h, H, cs.align_corners), rx = ref_axis(w, W, cs.align_corners);
@@ -204,7 +187,7 @@ void ref_seg_ce(const std::vector<double>& L, const std::vector<int64_t>& t,
 }
 
 template <typename S, typename L>
-void test_seg_ce(const CECase& cs, std::mt19937& rng) {
+void test_seg_ce(const CeCase& cs, std::mt19937& rng) {
   using T = typename OpMath<S>::type;
   const int B = cs.B, K = cs.K, h = cs.h, w = cs.w, H = cs.H, W = cs.W;
   std::normal_distribution<double> nd(0.0, 2.0);
@@ -219,7 +202,7 @@ void test_seg_ce(const CECase& cs, std::mt19937& rng) {
   std::vector<int64_t> t64(target.size());
   for (size_t i = 0; i < target.size(); ++i) {
     int64_t v = static_cast<int64_t>(ud(rng) * K);
-    if (ud(rng) < cs.ignore_frac) v = cs.ignore;
+    if (ud(rng) < cs.p_ignore) v = cs.ignore;
     target[i] = static_cast<L>(v);
     t64[i] = static_cast<int64_t>(target[i]);
   }
@@ -253,7 +236,7 @@ void test_seg_ce(const CECase& cs, std::mt19937& rng) {
   char name[256];
   std::snprintf(name, sizeof(name), "seg_ce[%s B=%d K=%d %dx%d->%dx%d ac=%d keep=%d label=%d ign=%.2f]",
                 type_name(a.dtype), B, K, h, w, H, W, cs.align_corners ? 1 : 0, cs.keep_mode,
-                static_cast<int>(a.label_type), cs.ignore_frac);
+                static_cast<int>(a.label_type), cs.p_ignore);
   const bool dbl = std::is_same<S, double>::value;
   const double tol_loss = dbl ? 1e-12 : 2e-6;
   const double tol_grad = dbl ? 1e-11 : 2e-5;
@@ -632,29 +615,14 @@ int main() {
   test_math();
 
   // seg_cross_entropy: odd sizes, both align_corners, keep modes, label types.
-  const std::vector<CECase> cases = {
-      {2, 19, 9, 13, 37, 51, false, 0, 255, 0.1},
-      {2, 19, 9, 13, 37, 51, true, 2, 255, 0.1},
-      {3, 2, 5, 7, 23, 17, false, 1, 255, 0.2},
-      {3, 2, 5, 7, 23, 17, true, 2, -1, 0.2},
-      {1, 21, 6, 5, 6, 5, false, 1, 255, 0.1},   // no upsampling
-      {1, 21, 6, 5, 6, 5, true, 0, 255, 0.1},
-      {2, 7, 11, 9, 5, 4, false, 2, 255, 0.1},   // downsampling
-      {2, 7, 11, 9, 5, 4, true, 1, 255, 0.1},
-      {2, 5, 1, 1, 6, 5, false, 0, 255, 0.1},    // 1x1 source
-      {2, 5, 4, 3, 1, 1, true, 0, 255, 0.0},     // 1x1 target
-      {1, 150, 4, 6, 13, 22, false, 2, 255, 0.1},
-      {2, 3, 4, 5, 9, 11, false, 0, 255, 1.0},   // everything ignored
-      {1, 4, 3, 70, 5, 333, false, 2, 255, 0.1}, // wide: several strips
+  std::vector<CeCase> cases = test_harness::shared_ce_cases();
+  cases.insert(cases.end(), {
       // Integer factors (phase-major strips), both align_corners conventions.
-      {2, 19, 9, 13, 36, 52, false, 2, 255, 0.1},
-      {2, 19, 9, 13, 33, 49, true, 1, 255, 0.1},
-      {1, 3, 5, 24, 17, 192, false, 0, 255, 0.1},   // x8
       {1, 3, 5, 24, 9, 47, true, 0, 255, 0.1},      // x2, align_corners
       {1, 2, 4, 300, 8, 1200, false, 2, 255, 0.1},  // x4, several strips
       {1, 40, 4, 300, 8, 900, false, 0, 255, 0.1},  // x3 (inexact weights), several strips
-  };
-  for (const CECase& cs : cases) {
+  });
+  for (const CeCase& cs : cases) {
     test_seg_ce<float, int64_t>(cs, rng);
     test_seg_ce<double, int64_t>(cs, rng);
     test_seg_ce<half_t, int32_t>(cs, rng);
@@ -666,7 +634,7 @@ int main() {
     if (cs.ignore < 0 && cs.K < 128) test_seg_ce<float, int8_t>(cs, rng);
   }
   {
-    CECase big{1, 19, 21, 37, 83, 149, false, 1, 255, 0.1};
+    CeCase big{1, 19, 21, 37, 83, 149, false, 1, 255, 0.1};
     test_seg_ce<float, int64_t>(big, rng);
     big.align_corners = true;
     test_seg_ce<float, int32_t>(big, rng);
@@ -694,6 +662,5 @@ int main() {
   test_channel_mask<float>(2, 5, 150, 131, 4, 1, false, true, rng);  // several chunks per plane
   test_channel_mask<float>(2, 33, 37, 29, 4, 1, true, false, rng);
 
-  std::printf("%d passed, %d failed\n", g_passed, g_failed);
-  return g_failed == 0 ? 0 : 1;
+  return test_harness::summary();
 }
