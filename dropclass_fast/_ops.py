@@ -23,7 +23,8 @@ def _fake_loss_and_grad(logits: torch.Tensor, compute_grad: bool) -> tuple[torch
     return logits.new_empty((), dtype=acc), logits.new_empty(grad_shape, dtype=acc)
 
 
-def _refuse_double_backward(op: str) -> None:
+def refuse_double_backward(op: str) -> None:
+    """RuntimeError when a backward of ``op`` is itself being recorded (``create_graph=True``)."""
     if torch.is_grad_enabled():
         raise RuntimeError(f"dropclass_fast.{op} does not support double backward (create_graph=True)")
 
@@ -37,7 +38,7 @@ def _save_grad(ctx, inputs, output) -> None:
 
 
 def _saved_grads(ctx, op: str) -> tuple[torch.Tensor, ...]:
-    _refuse_double_backward(op)
+    refuse_double_backward(op)
     grads = ctx.saved_tensors
     if not ctx.compute_grad:
         raise RuntimeError(f"dropclass_fast.{op} was called with compute_grad=False; no gradient was kept")
@@ -78,18 +79,21 @@ def _dropclass_loss_backward(ctx, grad_ce, grad_ce_drop, grad_sup, *_grads_of_gr
     return _scaled(grad, grad_ce, ctx.dtypes[0]), grad_drop_logits, None, None, None, None, None
 
 
-def _channel_mask_setup(ctx, inputs, output) -> None:
-    features, weight, keep = inputs
-    ctx.save_for_backward(features, weight, keep)
+def save_channel_mask_inputs(ctx, inputs, output) -> None:
+    """``setup_context`` of channel_mask on every backend: its first three inputs, features, weight and keep."""
+    ctx.save_for_backward(*inputs[:3])
+
+
+def channel_mask_grads(ctx, grad_out: torch.Tensor, backward) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of features and weight from :func:`save_channel_mask_inputs`' tensors through ``backward``, a
+    backend's ``channel_mask_backward`` op, which takes ``grad_out`` in the features' memory format."""
+    refuse_double_backward("channel_mask")
+    features, weight, keep = ctx.saved_tensors
+    return backward(grad_out.contiguous(memory_format=_memory_format(features)), features, weight, keep)
 
 
 def _channel_mask_backward(ctx, grad_out):
-    _refuse_double_backward("channel_mask")
-    features, weight, keep = ctx.saved_tensors
-    grad_features, grad_weight = torch.ops.dropclass_fast.channel_mask_backward(
-        grad_out.contiguous(memory_format=_memory_format(features)), features, weight, keep
-    )
-    return grad_features, grad_weight, None
+    return *channel_mask_grads(ctx, grad_out, torch.ops.dropclass_fast.channel_mask_backward), None
 
 
 def _memory_format(features: torch.Tensor) -> torch.memory_format:
@@ -136,7 +140,7 @@ def register() -> None:
         "dropclass_fast::dropclass_loss", _dropclass_loss_backward, setup_context=_dropclass_loss_setup
     )
     torch.library.register_autograd(
-        "dropclass_fast::channel_mask", _channel_mask_backward, setup_context=_channel_mask_setup
+        "dropclass_fast::channel_mask", _channel_mask_backward, setup_context=save_channel_mask_inputs
     )
     _registered = True
 

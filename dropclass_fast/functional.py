@@ -64,7 +64,9 @@ def _check_target(target: object, logits: torch.Tensor) -> torch.Tensor:
     return target
 
 
-def _check_keep(keep: object, batch: int, num_classes: int, like: torch.Tensor, like_name: str) -> torch.Tensor:
+def check_keep(keep: object, batch: int, num_classes: int, like: torch.Tensor, like_name: str) -> torch.Tensor:
+    """``keep`` itself: a bool or real tensor ``[K]`` or ``[B, K]`` on the device of ``like`` (named ``like_name``
+    in the error); its values are :func:`check_keep_values`'s."""
     keep = require_tensor("keep", keep)
     if keep.is_complex():
         raise TypeError(f"keep must be a bool or real tensor, got dtype {keep.dtype}")
@@ -85,12 +87,14 @@ def _keep_as_rows(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """
     accumulate = reference.accumulation_dtype(dtype)
     if keep.dtype == torch.float64 and accumulate == torch.float32 and _checking_values():
-        _check_keep_values(keep)
+        check_keep_values(keep)
     rows = keep.unsqueeze(0) if keep.dim() == 1 else keep
     return rows.to(accumulate).contiguous()
 
 
-def _check_keep_values(keep: torch.Tensor) -> None:
+def check_keep_values(keep: torch.Tensor) -> None:
+    """ValueError unless ``keep`` (``[K]`` or ``[B, K]``) holds only 0 and 1 and keeps a class in every row (one
+    device-to-host copy)."""
     rows = keep.unsqueeze(0) if keep.dim() == 1 else keep
     binary = (rows == 0) | (rows == 1)
     empty = (rows != 0).sum(-1) == 0
@@ -103,7 +107,8 @@ def _check_keep_values(keep: torch.Tensor) -> None:
         raise ValueError(f"keep drops every class in row {row}; at least one class must be kept")
 
 
-def _check_label_values(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+def check_label_values(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """ValueError naming the first label of ``target`` outside ``[0, num_classes)`` that is not ``ignore_index``."""
     target = target.long()  # an ignore_index outside the label dtype's range must not wrap around
     bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
     if bool(bad.any()):
@@ -203,7 +208,7 @@ def class_importance(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"keep must have shape [K] or [B, K] with K={weight.shape[0]}, got {tuple(keep.shape)}")
     _require_same_device("keep", keep, "weight", weight)
     if _checking_values():
-        _check_keep_values(keep)
+        check_keep_values(keep)
     return reference.class_importance(weight, keep)
 
 
@@ -221,11 +226,11 @@ def channel_mask(features: torch.Tensor, weight: torch.Tensor, keep: torch.Tenso
     features = require_floating("features", features, (4,), "[B, C, h, w]")
     weight = _check_weight(weight, features.shape[1])
     _require_same_device("weight", weight, "features", features)
-    keep = _check_keep(keep, features.shape[0], weight.shape[0], features, "features")
+    keep = check_keep(keep, features.shape[0], weight.shape[0], features, "features")
     implementation = _implementation("channel_mask", features)
     if implementation == "eager":
         if _checking_values():
-            _check_keep_values(keep)
+            check_keep_values(keep)
         return reference.channel_mask(features, weight, keep)
     taps = weight.unsqueeze(2) if weight.dim() == 2 else weight.flatten(2)
     rows = _keep_as_rows(keep, features.dtype)
@@ -260,13 +265,13 @@ def seg_cross_entropy(
     align_corners = check_align_corners(align_corners)
     num_classes = logits.shape[1]
     if keep is not None:
-        keep = _check_keep(keep, logits.shape[0], num_classes, logits, "logits")
+        keep = check_keep(keep, logits.shape[0], num_classes, logits, "logits")
     implementation = _cross_entropy_implementation("seg_cross_entropy", target, align_corners, logits)
     if implementation == "eager":
         if _checking_values():
-            _check_label_values(target, num_classes, ignore_index)
+            check_label_values(target, num_classes, ignore_index)
             if keep is not None:
-                _check_keep_values(keep)
+                check_keep_values(keep)
         return reference.seg_cross_entropy(logits, target, keep, ignore_index, align_corners)
     rows = None if keep is None else _keep_as_rows(keep, logits.dtype)
     if implementation == "triton":
@@ -287,11 +292,11 @@ def dropped_class_prob(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor
         0-dim float32 (float64 for float64 logits); 0 when nothing is dropped.
     """
     logits = _check_logits("logits", logits)
-    keep = _check_keep(keep, logits.shape[0], logits.shape[1], logits, "logits")
+    keep = check_keep(keep, logits.shape[0], logits.shape[1], logits, "logits")
     implementation = _implementation("dropped_class_prob", logits)
     if implementation == "eager":
         if _checking_values():
-            _check_keep_values(keep)
+            check_keep_values(keep)
         return reference.dropped_class_prob(logits, keep)
     rows = _keep_as_rows(keep, logits.dtype)
     if implementation == "triton":
@@ -344,7 +349,7 @@ def dropclass_loss(
     _require_same_device("drop_logits", drop_logits, "logits", logits)
     implementation = _cross_entropy_implementation("dropclass_loss", target, align_corners, logits, drop_logits)
     if logits.dtype == drop_logits.dtype and implementation != "eager":
-        keep = _check_keep(keep, logits.shape[0], logits.shape[1], logits, "logits")
+        keep = check_keep(keep, logits.shape[0], logits.shape[1], logits, "logits")
         rows = _keep_as_rows(keep, logits.dtype)
         if implementation == "triton":
             terms = _triton().dropclass_loss_terms(

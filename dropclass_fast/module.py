@@ -157,8 +157,8 @@ class DropClass(nn.Module):
                 raise ValueError("progress is required in training mode when keep is not given")
             keep = self.sample_keep(progress, features.shape[0], features.device, sample_index=sample_index)
         else:  # checked before the step is counted: a refused mask leaves the step count as it was
-            keep = dcf._check_keep(keep, features.shape[0], self.num_classes, features, "features")
-            dcf._check_keep_values(keep)
+            keep = dcf.check_keep(keep, features.shape[0], self.num_classes, features, "features")
+            dcf.check_keep_values(keep)
         self.step += 1
         return keep
 

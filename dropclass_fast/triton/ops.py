@@ -44,9 +44,9 @@ def _raise_on_bad_values(
         flags.append((bad_index.reshape(()) != NO_BAD_LABEL.value).to(torch.int64))
     values = torch.stack(flags).tolist()
     if keep is not None and values[0]:
-        functional._check_keep_values(keep)
+        functional.check_keep_values(keep)
     if bad_index is not None and values[-1]:
-        functional._check_label_values(target, num_classes, ignore_index)
+        functional.check_label_values(target, num_classes, ignore_index)
 
 
 # --- channel_mask ---------------------------------------------------------------------------------------------
@@ -79,20 +79,11 @@ def _(grad_out, features, weight, keep):
     return torch.empty_like(features), torch.empty_like(weight)
 
 
-def _channel_mask_setup(ctx, inputs, output) -> None:
-    features, weight, keep, _ = inputs
-    ctx.save_for_backward(features, weight, keep)
-
-
 def _channel_mask_grad(ctx, grad_out):
-    _ops._refuse_double_backward("channel_mask")
-    features, weight, keep = ctx.saved_tensors
-    grad_out = grad_out.contiguous(memory_format=_ops._memory_format(features))
-    grad_features, grad_weight = _channel_mask_backward(grad_out, features, weight, keep)
-    return grad_features, grad_weight, None, None
+    return *_ops.channel_mask_grads(ctx, grad_out, _channel_mask_backward), None, None
 
 
-_channel_mask.register_autograd(_channel_mask_grad, setup_context=_channel_mask_setup)
+_channel_mask.register_autograd(_channel_mask_grad, setup_context=_ops.save_channel_mask_inputs)
 
 
 # --- gradient scaling (backward) ------------------------------------------------------------------------------
@@ -120,7 +111,7 @@ def _scale(ctx, grad_loss: torch.Tensor | None, index: int) -> torch.Tensor:
 
 
 def _saved_grad(ctx, position: int, op: str) -> torch.Tensor:
-    _ops._refuse_double_backward(op)
+    _ops.refuse_double_backward(op)
     grad = ctx.saved_tensors[position]
     if grad.numel() == 0 and ctx.numel != 0:
         raise RuntimeError(f"dropclass_fast.{op} was called with compute_grad=False; no gradient was kept")
@@ -148,10 +139,19 @@ def _seg_cross_entropy(
     return result.loss_sum / count, grad, (1.0 / count).reshape(1)
 
 
+def _fake_grad(x: torch.Tensor, compute_grad: bool) -> torch.Tensor:
+    """The gradient output's fake: float32 in ``x``'s layout, or empty without ``compute_grad``."""
+    return torch.empty_like(x, dtype=_F32) if compute_grad else x.new_empty((0,), dtype=_F32)
+
+
+def _fake_loss(logits: torch.Tensor, compute_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fake outputs of a loss op: the loss, its gradient and its one scale."""
+    return logits.new_empty((), dtype=_F32), _fake_grad(logits, compute_grad), logits.new_empty((1,), dtype=_F32)
+
+
 @_seg_cross_entropy.register_fake
 def _(logits, target, keep, ignore_index, align_corners, compute_grad, deterministic):
-    grad = torch.empty_like(logits, dtype=_F32) if compute_grad else logits.new_empty((0,), dtype=_F32)
-    return logits.new_empty((), dtype=_F32), grad, logits.new_empty((1,), dtype=_F32)
+    return _fake_loss(logits, compute_grad)
 
 
 def _save_loss_grads(ctx, inputs, output) -> None:
@@ -194,8 +194,7 @@ def _dropped_class_prob(
 
 @_dropped_class_prob.register_fake
 def _(logits, keep, compute_grad, deterministic):
-    grad = torch.empty_like(logits, dtype=_F32) if compute_grad else logits.new_empty((0,), dtype=_F32)
-    return logits.new_empty((), dtype=_F32), grad, logits.new_empty((1,), dtype=_F32)
+    return _fake_loss(logits, compute_grad)
 
 
 def _dropped_class_prob_grad(ctx, grad_loss, _grad, _scales):
@@ -241,12 +240,9 @@ def _dropclass_loss(
 
 @_dropclass_loss.register_fake
 def _(logits, drop_logits, target, keep, ignore_index, align_corners, compute_grad, deterministic):
-    def grad_like(x):
-        return torch.empty_like(x, dtype=_F32) if compute_grad else x.new_empty((0,), dtype=_F32)
-
     scalar = logits.new_empty((), dtype=_F32)
-    return scalar, scalar.clone(), scalar.clone(), grad_like(logits), grad_like(drop_logits), grad_like(drop_logits), \
-        logits.new_empty((3,), dtype=_F32)  # fmt: skip
+    grads = [_fake_grad(x, compute_grad) for x in (logits, drop_logits, drop_logits)]  # CE, CE_drop, L_sup
+    return scalar, scalar.clone(), scalar.clone(), *grads, logits.new_empty((3,), dtype=_F32)
 
 
 def _dropclass_loss_setup(ctx, inputs, output) -> None:
