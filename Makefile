@@ -73,7 +73,7 @@ gpu-software-check:
 	$(GPU_SW_VENV)/bin/pip install torch==2.11.0 -r build/requirements-torch211.txt
 	rm -rf $(GPU_SW_TREE) && git clone -q . $(GPU_SW_TREE)
 	cd $(GPU_SW_TREE) && CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} $(GPU_SW_VENV)/bin/pip install --no-deps --no-build-isolation -e .
-	cd $(GPU_SW_TREE) && $(GPU_SW_VENV)/bin/python -m pytest tests -q
+	cd $(GPU_SW_TREE) && DROPCLASS_REFERENCE_DIR=$(CURDIR)/../shared/reference $(GPU_SW_VENV)/bin/python -m pytest tests -q
 
 clean:
 	rm -rf build $(VENV) dropclass_fast/_C*.so *.egg-info

@@ -14,7 +14,10 @@ if not torch.cuda.is_available():
 import dropclass_fast
 from dropclass_fast import _extension
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
+# ../shared/reference beside the repository; DROPCLASS_REFERENCE_DIR points a clone elsewhere at it.
+REFERENCE_DIR = Path(
+    os.environ.get("DROPCLASS_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference")
+)
 
 
 @pytest.fixture(autouse=True)
