@@ -228,7 +228,7 @@ def _legend(
     if class_names is None:
         return None
     if len(class_names) > len(palette):
-        raise ValueError(f"{len(class_names)} class names for a palette of {len(palette)} colours")
+        raise ValueError(f"class_names has {len(class_names)} entries but the palette only {len(palette)} colours")
     handles = [Patch(color=np.asarray(palette[c]) / 255, label=name) for c, name in enumerate(class_names)]
     rows = -(-len(handles) // 10)
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), fontsize="x-small", frameon=False)

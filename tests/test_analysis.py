@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 
@@ -181,6 +182,10 @@ def test_bias_vulnerability_matches_an_independent_computation():
 
     two_seeds = bias_table([report, report]).to_markdown().splitlines()
     assert " ± 0.0" in two_seeds[2]
+    assert report.reference == "dropclass"
+    other = dataclasses.replace(report, reference="baseline")
+    with pytest.raises(ValueError, match=r"share reference: reports\[1\] has 'baseline', reports\[0\] 'dropclass'"):
+        bias_table([report, other])
 
 
 def test_frequency_table_layout_and_values():

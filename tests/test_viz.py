@@ -91,3 +91,6 @@ def test_figures_are_written_as_png(tmp_path):
     assert _png_size(bars)[0] > 700
     with pytest.raises(ValueError, match="one entry per image"):
         plot_predictions([image], [label], {"Baseline": [pred_a, pred_a]}, dataset.palette, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="class_names has 9 entries but the palette only 8 colours"):
+        plot_predictions([image], [label], {"Baseline": [pred_a]}, dataset.palette, tmp_path / "x.png",
+                         class_names=(*names, "extra"))

@@ -112,9 +112,11 @@ def bias_table(reports: Sequence[BiasReport], labels: Mapping[str, str] | None =
     if not reports:
         raise ValueError("reports must hold at least one BiasReport")
     first = reports[0]
-    for report in reports[1:]:
-        if (report.class_names, report.models, report.reference) != (first.class_names, first.models, first.reference):
-            raise ValueError("reports must share class names, model names and the reference model")
+    for index, report in enumerate(reports[1:], start=1):
+        for field in ("class_names", "models", "reference"):
+            if getattr(report, field) != getattr(first, field):
+                raise ValueError(f"reports must share {field}: reports[{index}] has {getattr(report, field)!r}, "
+                                 f"reports[0] {getattr(first, field)!r}")
     deltas = torch.stack([r.delta(r.reference) for r in reports])
     order = vulnerability_order(deltas.nanmean(0))
     labels = dict(labels or {})

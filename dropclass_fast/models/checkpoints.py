@@ -118,7 +118,7 @@ def load_mapped(
     missing = [k for k in own if k not in loadable and k not in shape_mismatch and not k.endswith(_EXTRA_STATE)]
     report = LoadReport(list(loadable), missing, unexpected, shape_mismatch)
     if strict and (missing or unexpected or shape_mismatch):
-        raise ValueError(f"strict loading failed: {report}")
+        raise ValueError(f"state_dict does not match the model (strict=True): {report}")
     model.load_state_dict(loadable, strict=False)
     return report
 
