@@ -80,9 +80,9 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-@torch.compiler.assume_constant_result
 def deterministic() -> bool:
-    """Whether the Triton kernels must give bit-identical results run to run (fixed block sizes)."""
+    """Whether the Triton kernels must give bit-identical results run to run (fixed block sizes); traced by
+    ``torch.compile``, a guard of the graph."""
     return _deterministic or torch.are_deterministic_algorithms_enabled()
 
 
@@ -144,11 +144,19 @@ def _resolve_cuda_auto(op: str) -> str:
     return "eager"
 
 
-@torch.compiler.assume_constant_result
 def resolve(device_type: str, op: str = "") -> str:
     """The implementation to run ``op`` with for tensors on ``device_type``: ``"triton"``, ``"cuda"``, ``"cpp"`` or
-    ``"eager"``. Raises RuntimeError (ValueError for a device the backend never runs on) if the chosen one can't."""
-    name = _current
+    ``"eager"``. Raises RuntimeError (ValueError for a device the backend never runs on) if the chosen one can't.
+
+    Traced by ``torch.compile``, reading the backend here guards the graph on it: a compiled function called
+    under another backend is compiled again for it."""
+    return _resolve_backend(_current, device_type, op)
+
+
+@torch.compiler.assume_constant_result
+def _resolve_backend(name: str, device_type: str, op: str) -> str:
+    """:func:`resolve` for the backend ``name``; a constant of the graph while tracing (it looks at the extension,
+    Triton and the measured table, which tracing cannot)."""
     if name == "eager":
         return "eager"
     if name == "triton":

@@ -200,6 +200,23 @@ def test_torch_compile_fullgraph_matches_eager(cpp_backend, backend, device):
         torch.testing.assert_close(g, w)
 
 
+def test_a_compiled_function_follows_set_backend(cpp_backend):
+    """The backend is a guard of the graph: a compiled call under another backend runs that backend (it ran the one
+    it was first compiled for), and one that cannot run raises as the uncompiled call does."""
+    torch._dynamo.reset()
+    compiled = torch.compile(dcf.seg_cross_entropy, fullgraph=True)
+    logits, target = torch.randn(2, 5, 8, 16), torch.randint(0, 5, (2, 32, 64))
+    with dropclass_fast.set_backend("cpp"):
+        compiled(logits, target)
+    for backend, op in (("eager", "aten::nll_loss2d_forward"), ("cpp", "dropclass_fast::seg_cross_entropy")):
+        with dropclass_fast.set_backend(backend), torch.profiler.profile() as profile:
+            compiled(logits, target)
+        names = {event.name for event in profile.events()}
+        assert op in names and ("dropclass_fast::seg_cross_entropy" in names) == (backend == "cpp"), backend
+    with dropclass_fast.set_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' is not available"):
+        compiled(logits, target)
+
+
 def test_torch_compile_fullgraph_with_scalar_arguments_that_vary(cpp_backend):
     """progress, alpha and ignore_index that change between calls become symbolic (dynamic=True): their checks
     must trace (comparisons, not math.isfinite)."""
