@@ -121,15 +121,23 @@ def check_label_values(target: torch.Tensor, num_classes: int, ignore_index: int
 def check_progress(progress: object) -> float:
     """``progress`` as a float; ValueError unless it is a number in ``[0, 1]``."""
     if not is_number(progress) or not 0.0 <= progress <= 1.0:
-        raise ValueError(f"progress must be a number in [0, 1], got {progress!r}")
+        raise ValueError(_bad_number("progress", "a number in [0, 1]", progress))
     return float(progress)
 
 
 def check_alpha(alpha: object) -> float:
     """``alpha`` as a float; ValueError unless it is a finite non-negative number."""
     if not is_number(alpha) or not 0 <= alpha < math.inf:  # comparisons (NaN fails them) trace under torch.compile
-        raise ValueError(f"alpha must be a finite non-negative number, got {alpha!r}")
+        raise ValueError(_bad_number("alpha", "a finite non-negative number", alpha))
     return float(alpha)
+
+
+def _bad_number(name: str, requirement: str, value: object) -> str:
+    """The message for a refused scalar. While ``torch.compile`` traces, a NumPy scalar is a tensor, whose value
+    tracing cannot show: the message says to pass a Python number instead."""
+    if torch.compiler.is_compiling():
+        return f"{name} must be {requirement}; under torch.compile pass a Python number (NumPy ones trace as tensors)"
+    return f"{name} must be {requirement}, got {value!r}"
 
 
 def check_ignore_index(ignore_index: object) -> int:

@@ -9,6 +9,7 @@ import sysconfig
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -215,6 +216,19 @@ def test_a_compiled_function_follows_set_backend(cpp_backend):
         assert op in names and ("dropclass_fast::seg_cross_entropy" in names) == (backend == "cpp"), backend
     with dropclass_fast.set_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' is not available"):
         compiled(logits, target)
+
+
+def test_a_numpy_progress_under_fullgraph_compile_says_what_to_pass(cpp_backend):
+    """Dynamo traces a NumPy scalar as a tensor, whose value the check cannot compare while tracing: the error says
+    to pass a Python number (it said "repr() on tensor")."""
+    torch._dynamo.reset()
+    compiled = torch.compile(dcf.dropclass_loss, fullgraph=True)
+    logits, target = torch.randn(2, 4, 5, 7), torch.randint(0, 4, (2, 19, 27))
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    with pytest.raises(RuntimeError, match=r"progress must be a number in \[0, 1\]; under torch.compile pass a Python"):
+        compiled(logits, logits * 0.5, target, keep, np.float64(0.3))
+    torch.testing.assert_close(compiled(logits, logits * 0.5, target, keep, 0.3)[0],
+                               dcf.dropclass_loss(logits, logits * 0.5, target, keep, np.float64(0.3))[0])
 
 
 def test_torch_compile_fullgraph_with_scalar_arguments_that_vary(cpp_backend):
