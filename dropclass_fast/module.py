@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import functional as dcf
+from . import reference
 from ._checks import check_bool, check_int, is_int, is_number, require_floating
 
 _MASK64 = (1 << 64) - 1
@@ -157,8 +158,7 @@ class DropClass(nn.Module):
                 raise ValueError("progress is required in training mode when keep is not given")
             keep = self.sample_keep(progress, features.shape[0], features.device, sample_index=sample_index)
         else:  # checked before the step is counted: a refused mask leaves the step count as it was
-            keep = dcf.check_keep(keep, features.shape[0], self.num_classes, features, "features")
-            dcf.check_keep_values(keep)
+            keep = self._checked_keep(features, keep)
         self.step += 1
         return keep
 
@@ -170,19 +170,33 @@ class DropClass(nn.Module):
         return keep
 
     def drop_path(self, features: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """``A_drop = select(A * s)`` with ``s = class_importance(h.weight, keep)``, ``[B, C, h, w]``.
+        """``A_drop = select(A * s)`` with ``s = class_importance(h.weight, keep)``, ``[B, C, h, w]``, for features
+        ``A`` ``[B, C, h, w]`` and a ``[K]`` or ``[B, K]`` mask ``keep`` (checked first).
 
         For a per-batch mask the channel scale is folded into the 1x1 conv of
         ``select`` (``conv(A * s) = (W_sel diag(s)) A``), so ``A`` is not
         rewritten; a per-sample mask uses the fused :func:`functional.channel_mask`.
         """
+        return self._drop_path(features, self._checked_keep(features, keep))
+
+    @torch.compiler.disable
+    def _checked_keep(self, features: torch.Tensor, keep: object) -> torch.Tensor:
+        """A mask given by the caller, checked eagerly (under ``torch.compile`` too, where the ops skip value
+        checks: an all-zero mask would give NaN logits)."""
+        keep = dcf.check_keep(keep, features.shape[0], self.num_classes, features, "features")
+        dcf.check_keep_values(keep)
+        return keep
+
+    def _drop_path(self, features: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """:meth:`drop_path` of a mask already checked (or drawn here): its values are not checked again (one
+        device-to-host copy less per step)."""
         weight = self.classifier.weight
-        conv, rest = self.select[0], self.select[1:]
+        conv, norm, relu = self.select
         if keep.dim() == 1:
-            s = dcf.class_importance(weight, keep.to(weight.device))
+            s = reference.class_importance(weight, keep.to(weight.device))
             scaled = conv.weight * s.to(conv.weight.dtype).view(1, -1, 1, 1)
-            return rest(F.conv2d(features, scaled, conv.bias))
-        return rest(conv(dcf.channel_mask(features, weight, keep)))
+            return relu(norm(F.conv2d(features, scaled, conv.bias)))
+        return relu(norm(conv(dcf.channel_mask(features, weight, keep))))
 
     def forward(
         self,
@@ -209,8 +223,10 @@ class DropClass(nn.Module):
         if not self.training:
             if keep is None:
                 keep = torch.ones(self.num_classes, device=features.device)
-            return self.classifier(self.drop_path(features, keep))
+            else:
+                keep = self._checked_keep(features, keep)
+            return self.classifier(self._drop_path(features, keep))
         keep = self._advance(features, progress, keep, sample_index)
         logits = self.classifier(features)
-        drop_logits = self.classifier(self.drop_path(features, keep))
+        drop_logits = self.classifier(self._drop_path(features, keep))
         return DropClassOutput(logits, drop_logits, keep)

@@ -240,6 +240,22 @@ def test_fused_loss_op_argument_errors(cpp_backend):
         op(logits, logits, target[:1], keep, 255, False, False)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_an_evaluation_mask_is_checked_compiled_or_not(compiled):
+    """An explicit keep in evaluation is checked outside the graph: compiled, an all-zero mask gave NaN logits and
+    a mask of 0.5 plausible ones."""
+    torch._dynamo.reset()
+    dc = DropClass(nn.Conv2d(8, 5, 1)).eval()
+    run = torch.compile(dc) if compiled else dc
+    features = torch.randn(2, 8, 4, 4)
+    with pytest.raises(ValueError, match="keep drops every class in row 0"):
+        run(features, keep=torch.zeros(5))
+    with pytest.raises(ValueError, match="keep must contain only 0 and 1 values, got 0.5"):
+        run(features, keep=torch.full((5,), 0.5))
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0])
+    torch.testing.assert_close(run(features, keep=keep), dc.classifier(dc.drop_path(features, keep)))
+
+
 def test_module_errors():
     with pytest.raises(TypeError, match="classifier must be an nn.Conv2d, got Linear"):
         DropClass(nn.Linear(3, 4))

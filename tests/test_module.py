@@ -116,6 +116,19 @@ def test_compiled_module_does_not_recompile_per_step():
     assert compiled_module.step == eager.step == 12
 
 
+def test_a_mask_is_checked_once_per_training_step(monkeypatch):
+    """Checking a keep mask's values costs a device-to-host copy: a drawn mask is not checked, a given one once."""
+    checks = []
+    check = dropclass_fast.functional.check_keep_values
+    monkeypatch.setattr(dropclass_fast.functional, "check_keep_values", lambda keep: checks.append(1) or check(keep))
+    dc = DropClass(nn.Conv2d(8, 5, 1)).train()
+    features = torch.randn(2, 8, 4, 4)
+    dc(features, progress=1.0)
+    assert checks == []
+    dc(features, keep=torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0]))
+    assert checks == [1]
+
+
 def test_step_survives_state_dict():
     dc = DropClass(nn.Conv2d(4, 5, 1), seed=9).train()
     for _ in range(3):
