@@ -51,8 +51,8 @@ class set_backend:  # noqa: N801 - used as a function, like torch.set_grad_enabl
     ``deterministic=True`` makes the Triton kernels use fixed block sizes
     instead of measured ones, so results are bit-identical run to run;
     ``torch.use_deterministic_algorithms(True)`` does the same. ``None``
-    keeps the current setting. Under ``torch.compile`` both are read once,
-    when a function is traced.
+    keeps the current setting. Under ``torch.compile`` both are guards of the
+    compiled graph: a call under another setting compiles the function again.
     """
 
     def __init__(self, name: str, deterministic: bool | None = None) -> None:

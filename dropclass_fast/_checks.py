@@ -49,8 +49,16 @@ def check_finite(name: str, value: object, positive: bool = False) -> float:
     """``value`` as a float; ValueError naming ``name`` unless it is a finite number (Python or NumPy, not a bool)
     at least 0, or above 0 when ``positive``."""
     if not is_number(value) or not (0 < value if positive else 0 <= value) or not value < math.inf:  # type: ignore[operator]
-        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} finite number, got {value!r}")
+        raise ValueError(f"{name} must be a finite {'positive' if positive else 'non-negative'} number, got {value!r}")
     return float(value)  # type: ignore[arg-type]
+
+
+def check_int_in(name: str, value: object, low: int, high: int, meaning: str = "") -> int:
+    """``value`` as a Python int; ValueError naming ``name`` (and what the range is, ``meaning``) unless it is an
+    integer (Python or NumPy, not a bool) in ``[low, high]``."""
+    if not is_int(value) or not low <= value <= high:  # type: ignore[operator]
+        raise ValueError(f"{name} must be an int in [{low}, {high}]{f' ({meaning})' if meaning else ''}, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
 
 
 def _is_count(value: object, minimum: int) -> bool:
@@ -79,7 +87,8 @@ def check_optional_int(name: str, value: object, minimum: int = 1) -> int | None
 
 
 def check_size(name: str, value: object) -> tuple[int, int]:
-    """``value`` as ``(height, width)``; ValueError naming ``name`` unless it is two positive integers."""
+    """``value`` as ``(height, width)``; ValueError naming ``name`` unless it is a sequence (tuple or list, not an
+    array) of two positive integers."""
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2 or not all(
         is_int(v) and v > 0 for v in value
     ):

@@ -135,7 +135,7 @@ def check_alpha(alpha: object) -> float:
 def _bad_number(name: str, requirement: str, value: object) -> str:
     """The message for a refused scalar. While ``torch.compile`` traces, a NumPy scalar is a tensor, whose value
     tracing cannot show: the message says to pass a Python number instead."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not isinstance(value, (int, float)):
         return f"{name} must be {requirement}; under torch.compile pass a Python number (NumPy ones trace as tensors)"
     return f"{name} must be {requirement}, got {value!r}"
 
@@ -170,7 +170,7 @@ def _triton():
 
 def _cross_entropy_implementation(op: str, target: torch.Tensor, align_corners: bool, *logits: torch.Tensor) -> str:
     """:func:`_implementation` of an op that upsamples each of ``logits`` to ``target``'s size, where the Triton
-    kernels' windows cannot hold the upsampling (about 128x and more): the CUDA kernels or eager under ``auto``, an
+    kernels' windows cannot hold the upsampling (about 100x and more): the CUDA kernels or eager under ``auto``, an
     error under ``"triton"`` (:func:`_backend.without_triton`). Not checked while tracing (shapes may be symbolic):
     a compiled call the Triton kernels cannot take raises that ValueError when it runs."""
     implementation = _implementation(op, logits[0])

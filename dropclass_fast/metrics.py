@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from ._checks import check_int, is_int
+from ._checks import check_int, check_int_in
 
 
 class ConfusionMatrix:
@@ -127,7 +127,8 @@ def least_frequent_classes(frequency: torch.Tensor, count: int | None = None) ->
     classes). Ties keep the class order.
     """
     frequency = _check_vector(frequency, "frequency")
-    count = frequency.numel() // 2 if count is None else _check_count(count, frequency.numel())
+    k = frequency.numel()
+    count = k // 2 if count is None else check_int_in("count", count, 1, k, "the number of classes")
     if bool(frequency.isnan().any()):
         raise ValueError(f"frequency must not contain NaN, got {frequency.tolist()}")
     return torch.sort(frequency.double().cpu(), stable=True).indices[:count].tolist()
@@ -141,7 +142,7 @@ def most_vulnerable_classes(delta: torch.Tensor, count: int = 9) -> list[int]:
     (classes absent from the evaluation) come last; ties keep the class order.
     """
     delta = _check_vector(delta, "delta")
-    count = _check_count(count, delta.numel())
+    count = check_int_in("count", count, 1, delta.numel(), "the number of classes")
     return vulnerability_order(delta)[:count]
 
 
@@ -170,12 +171,6 @@ def _check_vector(values: object, name: str) -> torch.Tensor:
         got = f"shape {tuple(values.shape)}, dtype {values.dtype}" if isinstance(values, torch.Tensor) else type(values)
         raise TypeError(f"{name} must be a 1-D floating tensor [K], got {got}")
     return values
-
-
-def _check_count(count: object, num_classes: int) -> int:
-    if not is_int(count) or not 1 <= count <= num_classes:
-        raise ValueError(f"count must be an int in [1, {num_classes}] (the number of classes), got {count!r}")
-    return count
 
 
 def _check_class_indices(classes: Sequence[int], num_classes: int, name: str) -> list[int]:

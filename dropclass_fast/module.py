@@ -181,8 +181,10 @@ class DropClass(nn.Module):
 
     @torch.compiler.disable
     def _checked_keep(self, features: torch.Tensor, keep: object) -> torch.Tensor:
-        """A mask given by the caller, checked eagerly (under ``torch.compile`` too, where the ops skip value
-        checks: an all-zero mask would give NaN logits)."""
+        """A mask given by the caller, on the features' device, checked eagerly (under ``torch.compile`` too, where
+        the ops skip value checks: an all-zero mask would give NaN logits)."""
+        if isinstance(keep, torch.Tensor):
+            keep = keep.to(features.device)
         keep = dcf.check_keep(keep, features.shape[0], self.num_classes, features, "features")
         dcf.check_keep_values(keep)
         return keep
@@ -193,7 +195,7 @@ class DropClass(nn.Module):
         weight = self.classifier.weight
         conv, norm, relu = self.select
         if keep.dim() == 1:
-            s = reference.class_importance(weight, keep.to(weight.device))
+            s = reference.class_importance(weight, keep)
             scaled = conv.weight * s.to(conv.weight.dtype).view(1, -1, 1, 1)
             return relu(norm(F.conv2d(features, scaled, conv.bias)))
         return relu(norm(conv(dcf.channel_mask(features, weight, keep))))

@@ -234,7 +234,7 @@ def test_probe_runs_end_to_end_on_a_tiny_model():
     assert table[2].startswith("| road | ") and table[2].count("±") == 4
     with pytest.raises(TypeError, match="must be a SegmentationModel with DropClass"):
         reconstruction_probe(build_model("hrnet_v1", 8, dropclass=False), train_set, val, 1)
-    with pytest.raises(ValueError, match="lr must be a positive finite number, got inf"):
+    with pytest.raises(ValueError, match="lr must be a finite positive number, got inf"):
         reconstruction_probe(model, train_set, val, dropped_class=1, lr=float("inf"))
 
 
@@ -246,7 +246,7 @@ def test_batchnorm_recalibration_averages_the_batch_statistics():
                and isinstance(v, torch.Tensor)}
     (drop_path,) = [m for m in model.modules() if isinstance(m, DropClass)]
     drop_path.step = 5
-    recalibrate_batchnorm(model, dataset, batches=2, batch_size=2, seed=3)
+    recalibrate_batchnorm(model, dataset, batches=np.int64(2), batch_size=np.int64(2), seed=3)  # NumPy ints too
     assert not model.training and model.bn1.momentum == 0.01
     assert drop_path.step == 5  # the pass runs the drop path but is not a training step
     with pytest.raises(ValueError, match=r"batch_size must be an int in \[1, 4\] .* got 5"):
@@ -375,8 +375,9 @@ def test_command_line_refuses_options_before_any_work(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("top_count", 8, r"top_count must be an int in \[1, 7\]"), ("vulnerable_count", 9, r"in \[1, 8\], got 9"),
-     ("fill", (1, 2), "fill must be 'mean' or an RGB triple"), ("probe_lr", 0.0, "probe_lr must be a positive"),
-     ("lr", True, "lr must be a positive finite number, got True"),
+     ("fill", (1, 2), "fill must be 'mean' or an RGB triple"),
+     ("probe_lr", 0.0, "probe_lr must be a finite positive number, got 0.0"),
+     ("lr", True, "lr must be a finite positive number, got True"),
      ("seeds", (0, 2**32), r"seed must be an int in \[0, 2\*\*32\), got 4294967296")],
 )
 def test_experiment_config_refuses_values_that_would_fail_after_training(field, value, message):
@@ -385,9 +386,13 @@ def test_experiment_config_refuses_values_that_would_fail_after_training(field, 
 
 
 def test_experiment_config_takes_numpy_numbers_as_python_ones():
-    config = ExperimentConfig(seeds=(np.int64(4), np.uint32(5)), lr=np.float32(0.5), probe_lr=np.float64(0.25))
+    config = ExperimentConfig(seeds=(np.int64(4), np.uint32(5)), lr=np.float32(0.5), probe_lr=np.float64(0.25),
+                              iters=np.int32(7), top_count=np.int64(2), vulnerable_count=np.int16(3))  # fmt: skip
     assert config.seeds == (4, 5) and {type(seed) for seed in config.seeds} == {int}
     assert (config.lr, config.probe_lr) == (0.5, 0.25) and type(config.lr) is type(config.probe_lr) is float
+    counts = (config.iters, config.top_count, config.vulnerable_count)
+    assert counts == (7, 2, 3) and {type(count) for count in counts} == {int}
+    json.dumps(_json_values(dataclasses.asdict(config)))  # what the experiment writes
 
 
 def test_bias_vulnerability_checks_top_count_before_evaluating():

@@ -227,6 +227,8 @@ def test_a_numpy_progress_under_fullgraph_compile_says_what_to_pass(cpp_backend)
     keep = torch.tensor([1.0, 0.0, 1.0, 1.0])
     with pytest.raises(RuntimeError, match=r"progress must be a number in \[0, 1\]; under torch.compile pass a Python"):
         compiled(logits, logits * 0.5, target, keep, np.float64(0.3))
+    with pytest.raises(RuntimeError, match=r"progress must be a number in \[0, 1\], got 1.5"):  # its value
+        compiled(logits, logits * 0.5, target, keep, 1.5)
     torch.testing.assert_close(compiled(logits, logits * 0.5, target, keep, 0.3)[0],
                                dcf.dropclass_loss(logits, logits * 0.5, target, keep, np.float64(0.3))[0])
 

@@ -117,7 +117,8 @@ def test_compiled_module_does_not_recompile_per_step():
 
 
 def test_a_mask_is_checked_once_per_training_step(monkeypatch):
-    """Checking a keep mask's values costs a device-to-host copy: a drawn mask is not checked, a given one once."""
+    """Checking a keep mask's values costs a device-to-host copy: a drawn ``[K]`` mask is not checked, a given one
+    once (a per-sample mask is checked by channel_mask's kernels as they run)."""
     checks = []
     check = dropclass_fast.functional.check_keep_values
     monkeypatch.setattr(dropclass_fast.functional, "check_keep_values", lambda keep: checks.append(1) or check(keep))

@@ -42,10 +42,10 @@ def test_recipe_defaults_follow_table_e3_and_the_linear_scaling_rule():
         ({"iters": -3}, "iters must be a positive int or None, got -3"),
         ({"iters": 2.5}, "iters must be a positive int or None, got 2.5"),
         ({"eval_batch_size": None}, "eval_batch_size must be a positive int, got None"),
-        ({"momentum": -0.1}, "momentum must be a non-negative finite number, got -0.1"),
-        ({"poly_power": float("inf")}, "poly_power must be a non-negative finite number, got inf"),
+        ({"momentum": -0.1}, "momentum must be a finite non-negative number, got -0.1"),
+        ({"poly_power": float("inf")}, "poly_power must be a finite non-negative number, got inf"),
         ({"alpha": "10"}, "alpha must be a finite non-negative number, got '10'"),
-        ({"lr": float("nan")}, "lr must be a positive finite number"),
+        ({"lr": float("nan")}, "lr must be a finite positive number"),
         ({"seed": 2**32}, r"seed must be an int in \[0, 2\*\*32\), got 4294967296"),
         ({"crop_size": (0, 64)}, r"crop_size must be two positive ints \(height, width\), got \(0, 64\)"),
         ({"crop_size": (64.0, 64)}, r"crop_size must be two positive ints \(height, width\), got \(64.0, 64\)"),
@@ -64,7 +64,9 @@ def test_config_takes_numpy_numbers():
     config = TrainConfig(dataset="voc", model="hrnet_v1", lr=np.float32(0.25), seed=np.int64(3), alpha=np.float32(5),
                          iters=np.int64(10), crop_size=(np.int64(64), np.int64(96)))  # fmt: skip
     assert (config.lr, config.seed) == (0.25, 3) and (type(config.lr), type(config.seed)) == (float, int)
+    config.eval_limit = np.int64(4)  # set after construction: to_dict still writes a Python number
     written = json.loads(json.dumps(config.to_dict()))  # what the trainer writes to config.json
+    assert written["eval_limit"] == 4
     assert (written["seed"], written["alpha"], written["iters"], written["crop_size"]) == (3, 5.0, 10, [64, 96])
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._checks import check_int_in
 from ..data import SegmentationDataset
 from ..metrics import mean_iou, subset_miou, vulnerability_order
 from ._evaluation import DEFAULT_EVAL, EvalOptions, confusion_of
@@ -53,8 +54,7 @@ def top_influential(influence: torch.Tensor, count: int = 3) -> tuple[tuple[int,
     if not isinstance(influence, torch.Tensor) or influence.dim() != 2 or influence.shape[0] != influence.shape[1]:
         raise ValueError(f"influence must be a square [K, K] tensor, got {getattr(influence, 'shape', influence)!r}")
     k = influence.shape[0]
-    if not isinstance(count, int) or not 1 <= count < k:
-        raise ValueError(f"count must be an int in [1, {k - 1}] (other classes), got {count!r}")
+    count = check_int_in("count", count, 1, k - 1, "other classes")
     key = torch.nan_to_num(influence.double().cpu(), nan=float("-inf"))
     key.fill_diagonal_(float("nan"))  # sorts after -inf: a class never influences itself
     order = torch.sort(-key, dim=1, stable=True).indices
@@ -143,14 +143,15 @@ class BiasReport:
         return result
 
 
-def check_protocol(num_classes: int, top_count: int, vulnerable_count: int, fill: Fill) -> None:
-    """ValueError naming the argument unless ``top_count`` is in ``[1, K - 1]`` (other classes),
-    ``vulnerable_count`` in ``[1, K]`` and ``fill`` a valid colour: checked before any evaluation pass."""
-    if not isinstance(top_count, int) or not 1 <= top_count < num_classes:
-        raise ValueError(f"top_count must be an int in [1, {num_classes - 1}] (other classes), got {top_count!r}")
-    if not isinstance(vulnerable_count, int) or not 1 <= vulnerable_count <= num_classes:
-        raise ValueError(f"vulnerable_count must be an int in [1, {num_classes}], got {vulnerable_count!r}")
+def check_protocol(num_classes: int, top_count: int, vulnerable_count: int, fill: Fill) -> tuple[int, int]:
+    """``(top_count, vulnerable_count)`` as Python ints; ValueError naming the argument unless ``top_count`` is in
+    ``[1, K - 1]`` (other classes), ``vulnerable_count`` in ``[1, K]`` and ``fill`` a valid colour: checked before
+    any evaluation pass."""
     check_fill(fill)
+    return (
+        check_int_in("top_count", top_count, 1, num_classes - 1, "other classes"),
+        check_int_in("vulnerable_count", vulnerable_count, 1, num_classes),
+    )
 
 
 def bias_vulnerability(
@@ -172,7 +173,7 @@ def bias_vulnerability(
     if reference not in models:
         raise ValueError(f"reference must be one of the models {list(models)}, got {reference!r}")
     k = dataset.num_classes
-    check_protocol(k, top_count, vulnerable_count, fill)
+    top_count, vulnerable_count = check_protocol(k, top_count, vulnerable_count, fill)
     reference_iou, influence = class_influence(models[reference], dataset, fill, options)
     top = top_influential(influence, top_count)
     iou, iou_star = {}, {}

@@ -103,7 +103,9 @@ class ExperimentConfig:
                              f"got {unknown}")
         object.__setattr__(self, "threads", check_optional_int("threads", self.threads))
         object.__setattr__(self, "bn_batches", check_int("bn_batches", self.bn_batches, minimum=0))
-        check_protocol(len(SyntheticStreets.class_names), self.top_count, self.vulnerable_count, self.fill)
+        counts = check_protocol(len(SyntheticStreets.class_names), self.top_count, self.vulnerable_count, self.fill)
+        object.__setattr__(self, "top_count", counts[0])
+        object.__setattr__(self, "vulnerable_count", counts[1])
         object.__setattr__(self, "probe_lr", check_learning_rate("probe_lr", self.probe_lr))
         if self.lr is not None:
             object.__setattr__(self, "lr", check_learning_rate("lr", self.lr))

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import functional as dcf
-from .._checks import check_int
+from .._checks import check_int, check_int_in
 from ..data import SegmentationDataset
 from ..models import SegmentationModel
 from ..train import ResumableSampler, check_learning_rate, poly_lr
@@ -108,8 +108,7 @@ def reconstruction_probe(
     if not isinstance(model, SegmentationModel) or model.dropclass is None:
         raise TypeError(f"model must be a SegmentationModel with DropClass, got {type(model).__name__} without one")
     k = model.num_classes
-    if not isinstance(dropped_class, int) or not 0 <= dropped_class < k:
-        raise ValueError(f"dropped_class must be a class index in [0, {k}), got {dropped_class!r}")
+    dropped_class = check_int_in("dropped_class", dropped_class, 0, k - 1, "a class index")
     iters, batch_size = check_int("iters", iters), check_int("batch_size", batch_size)
     check_learning_rate("lr", lr)
     was_training = model.training

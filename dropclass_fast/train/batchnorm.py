@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .._checks import check_int, is_int
+from .._checks import check_int, check_int_in
 from ..models import DropClassModel, SegmentationModel
 from ..module import DropClass
 from .sampler import ResumableSampler
@@ -44,8 +44,7 @@ def recalibrate_batchnorm(
             f"got {type(model).__name__}"
         )
     batches = check_int("batches", batches)
-    if not is_int(batch_size) or not 1 <= batch_size <= len(dataset):
-        raise ValueError(f"batch_size must be an int in [1, {len(dataset)}] (the dataset's items), got {batch_size!r}")
+    batch_size = check_int_in("batch_size", batch_size, 1, len(dataset), "the dataset's items")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         raise ValueError(f"model {type(model).__name__} has no BatchNorm layer to recalibrate")

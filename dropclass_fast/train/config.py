@@ -6,6 +6,8 @@ import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
+
 from .._checks import check_bool, check_finite, check_int, check_optional_int, check_size
 from ..data.base import check_seed
 from ..functional import check_alpha
@@ -176,8 +178,17 @@ class TrainConfig:
         return tuple(self.crop_size) if self.crop_size else self.recipe.crop_size
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields; the trainer writes this as JSON (``__post_init__`` made NumPy numbers Python ones)."""
-        return asdict(self)
+        """The fields, NumPy numbers as Python ones (``__post_init__`` converts those given at construction; this
+        covers fields set later): the trainer writes this as JSON."""
+        return {name: _python_numbers(value) for name, value in asdict(self).items()}
+
+
+def _python_numbers(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_python_numbers(item) for item in value)
+    return value
 
 
 def build_parser(datasets: tuple[str, ...], description: str, prog: str | None = None) -> argparse.ArgumentParser:

@@ -280,8 +280,8 @@ def _feasible(shape: tuple[int, int, int, int, int], align_corners: bool) -> Fea
 
 def unsupported_upsampling(logits_shape: torch.Size, target_shape: torch.Size, align_corners: bool) -> str | None:
     """Why the kernel cannot take logits ``[B, K, h, w]`` to labels ``[B, H, W]``, or None when it can: a source
-    column whose bilinear stencil spans more output columns than any window holds (about 128x upsampling and
-    more) does not fit in one program's shared memory."""
+    column whose bilinear stencil spans more output columns than any window holds (about 100x upsampling and
+    more; 200x with at most 16 classes) does not fit in one program's shared memory."""
     _, num_classes, h, w = logits_shape
     _, out_h, out_w = target_shape
     try:
