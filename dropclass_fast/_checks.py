@@ -45,11 +45,27 @@ def check_bool(name: str, value: object) -> bool:
     return bool(value)
 
 
+def _refused(name: str, requirement: str, value: object) -> str:
+    """The message for a refused scalar. While ``torch.compile`` traces, a NumPy scalar is a tensor, whose value
+    tracing cannot show: the message says to pass a Python number instead."""
+    if torch.compiler.is_compiling() and not isinstance(value, (int, float)):
+        return f"{name} must be {requirement}; under torch.compile pass a Python number (NumPy ones trace as tensors)"
+    return f"{name} must be {requirement}, got {value!r}"
+
+
 def check_finite(name: str, value: object, positive: bool = False) -> float:
     """``value`` as a float; ValueError naming ``name`` unless it is a finite number (Python or NumPy, not a bool)
-    at least 0, or above 0 when ``positive``."""
+    at least 0, or above 0 when ``positive``. Traces under ``torch.compile`` (comparisons, which NaN fails)."""
     if not is_number(value) or not (0 < value if positive else 0 <= value) or not value < math.inf:  # type: ignore[operator]
-        raise ValueError(f"{name} must be a finite {'positive' if positive else 'non-negative'} number, got {value!r}")
+        raise ValueError(_refused(name, f"a finite {'positive' if positive else 'non-negative'} number", value))
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_fraction(name: str, value: object, requirement: str = "a number in [0, 1]") -> float:
+    """``value`` as a float; ValueError naming ``name`` (and ``requirement``) unless it is a number (Python or
+    NumPy, not a bool) in ``[0, 1]``. Traces under ``torch.compile``."""
+    if not is_number(value) or not 0.0 <= value <= 1.0:  # type: ignore[operator]
+        raise ValueError(_refused(name, requirement, value))
     return float(value)  # type: ignore[arg-type]
 
 

@@ -15,12 +15,10 @@ The Triton backend runs float64 inputs on the eager reference.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import _backend, _ops, reference
-from ._checks import check_bool, is_int, is_number, require_floating, require_tensor
+from ._checks import check_bool, check_finite, check_fraction, is_int, require_floating, require_tensor
 
 __all__ = [
     "class_importance",
@@ -116,28 +114,6 @@ def check_label_values(target: torch.Tensor, num_classes: int, ignore_index: int
         raise ValueError(
             f"target contains label {value} outside [0, {num_classes}) that is not ignore_index={ignore_index}"
         )
-
-
-def check_progress(progress: object) -> float:
-    """``progress`` as a float; ValueError unless it is a number in ``[0, 1]``."""
-    if not is_number(progress) or not 0.0 <= progress <= 1.0:
-        raise ValueError(_bad_number("progress", "a number in [0, 1]", progress))
-    return float(progress)
-
-
-def check_alpha(alpha: object) -> float:
-    """``alpha`` as a float; ValueError unless it is a finite non-negative number."""
-    if not is_number(alpha) or not 0 <= alpha < math.inf:  # comparisons (NaN fails them) trace under torch.compile
-        raise ValueError(_bad_number("alpha", "a finite non-negative number", alpha))
-    return float(alpha)
-
-
-def _bad_number(name: str, requirement: str, value: object) -> str:
-    """The message for a refused scalar. While ``torch.compile`` traces, a NumPy scalar is a tensor, whose value
-    tracing cannot show: the message says to pass a Python number instead."""
-    if torch.compiler.is_compiling() and not isinstance(value, (int, float)):
-        return f"{name} must be {requirement}; under torch.compile pass a Python number (NumPy ones trace as tensors)"
-    return f"{name} must be {requirement}, got {value!r}"
 
 
 def check_ignore_index(ignore_index: object) -> int:
@@ -342,8 +318,8 @@ def dropclass_loss(
     cross-entropy and ``L_sup``. On the CPU the same op runs the
     ``seg_cross_entropy`` and ``dropped_class_prob`` kernels.
     """
-    check_progress(progress)
-    check_alpha(alpha)
+    check_fraction("progress", progress)
+    check_finite("alpha", alpha)
     ignore_index = check_ignore_index(ignore_index)
     align_corners = check_align_corners(align_corners)
     logits = _check_logits("logits", logits)

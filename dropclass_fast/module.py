@@ -10,7 +10,7 @@ from torch import nn
 
 from . import functional as dcf
 from . import reference
-from ._checks import check_bool, check_int, is_int, is_number, require_floating
+from ._checks import check_bool, check_fraction, check_int, is_int, require_floating
 
 _MASK64 = (1 << 64) - 1
 
@@ -84,14 +84,14 @@ class DropClass(nn.Module):
         if not is_int(seed):
             raise TypeError(f"seed must be an int, got {seed!r}")
         per_sample = check_bool("per_sample", per_sample)
-        if bn_momentum is not None and (not is_number(bn_momentum) or not 0 <= bn_momentum <= 1):
-            raise ValueError(f"bn_momentum must be a number in [0, 1] or None (a cumulative average), "
-                             f"got {bn_momentum!r}")
+        if bn_momentum is not None:
+            requirement = "a number in [0, 1] or None (a cumulative average)"
+            bn_momentum = check_fraction("bn_momentum", bn_momentum, requirement)
         channels = classifier.in_channels
         self.classifier = classifier
         self.select = nn.Sequential(
             nn.Conv2d(channels, channels, 1, bias=True),
-            nn.BatchNorm2d(channels, momentum=None if bn_momentum is None else float(bn_momentum)),
+            nn.BatchNorm2d(channels, momentum=bn_momentum),
             nn.ReLU(inplace=True),
         )
         self.per_sample = bool(per_sample)
@@ -124,7 +124,7 @@ class DropClass(nn.Module):
         ``i`` uses global index ``sample_index[i]`` (default: ``rank * B + i``).
         Float32 on ``device``.
         """
-        progress = dcf.check_progress(progress)
+        progress = check_fraction("progress", progress)
         batch_size = check_int("batch_size", batch_size, minimum=0)
         step = self.step if step is None else check_int("step", step, minimum=0)
         if not self.per_sample:

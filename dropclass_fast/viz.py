@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from ._checks import check_int, is_number
+from ._checks import check_fraction, check_int
 from .data.cityscapes import PALETTE as CITYSCAPES_PALETTE
 from .data.synthetic import PALETTE as SYNTHETIC_PALETTE
 from .data.voc import voc_palette
@@ -114,8 +114,7 @@ def difference_boxes(
     if first.shape != second.shape or first.ndim != 2:
         raise ValueError(f"first and second must be [H, W] maps of one shape, got {first.shape} and {second.shape}")
     cell = check_int("cell", cell)
-    if not is_number(min_fraction) or not 0 <= min_fraction <= 1:
-        raise ValueError(f"min_fraction must be a number in [0, 1], got {min_fraction!r}")
+    min_fraction = check_fraction("min_fraction", min_fraction)
     valid = np.ones(first.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     if valid.shape != first.shape:
         raise ValueError(f"valid must be an [H, W] mask of the maps' shape {first.shape}, got {valid.shape}")

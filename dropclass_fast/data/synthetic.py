@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .._checks import check_bool, check_finite, check_int, check_size, is_number
+from .._checks import check_bool, check_finite, check_fraction, check_int, check_size
 from .base import SegmentationDataset, Transform, check_split
 
 IGNORE = 255
@@ -90,9 +90,7 @@ class SceneConfig:
         for name in ("height", "width"):
             object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=16))
         for name in _PROBABILITIES:
-            value = getattr(self, name)
-            if not is_number(value) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+            object.__setattr__(self, name, check_fraction(name, getattr(self, name), "a probability in [0, 1]"))
         object.__setattr__(self, "noise", check_finite("noise", self.noise))
         object.__setattr__(self, "erase_bicycles", check_bool("erase_bicycles", self.erase_bicycles))
 

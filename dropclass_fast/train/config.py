@@ -10,7 +10,6 @@ import numpy as np
 
 from .._checks import check_bool, check_finite, check_int, check_optional_int, check_size
 from ..data.base import check_seed
-from ..functional import check_alpha
 
 MODELS = ("hrnet_v1", "hrnet_v2", "deeplabv3")
 METHODS = ("baseline", "dropclass")
@@ -113,9 +112,8 @@ class TrainConfig:
             setattr(self, name, check_int(name, getattr(self, name), minimum=0))
         if self.lr is not None:
             self.lr = check_learning_rate("lr", self.lr)
-        for name in ("momentum", "weight_decay", "poly_power"):
+        for name in ("momentum", "weight_decay", "poly_power", "alpha"):
             setattr(self, name, check_finite(name, getattr(self, name)))
-        self.alpha = check_alpha(self.alpha)
         for name in ("per_sample", "channels_last", "progress_bar"):
             setattr(self, name, check_bool(name, getattr(self, name)))
         self.seed = check_seed(self.seed)
