@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .._checks import check_size, is_int
+from .._checks import check_int_in, check_size
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -127,8 +127,7 @@ class TrainTransform:
             or not 0 < scale_range[0] <= scale_range[1]
         ):
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
-        if not is_int(ignore_index) or not 0 <= ignore_index <= 255:
-            raise ValueError(f"ignore_index must be an int in [0, 255] (labels are uint8), got {ignore_index!r}")
+        ignore_index = check_int_in("ignore_index", ignore_index, 0, 255, "labels are uint8")
         self.crop_size = crop_size
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.flip = bool(flip)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .. import functional as dcf
-from .._checks import check_int, is_int
+from .._checks import check_int, check_int_in
 from ..data import EvalTransform, TrainTransform, build_dataset
 from ..loss import DropClassLoss
 from ..metrics import ConfusionMatrix, format_iou_table, mean_iou
@@ -78,8 +78,7 @@ def poly_lr(base_lr: float, iteration: int, total: int, power: float = 0.9) -> f
     """The poly schedule of the official HRNet code: ``base_lr * (1 - iteration / total) ** power`` for
     ``iteration`` in ``[0, total]``."""
     total = check_int("total", total)
-    if not is_int(iteration) or not 0 <= iteration <= total:
-        raise ValueError(f"iteration must be an int in [0, {total}] (total), got {iteration!r}")
+    iteration = check_int_in("iteration", iteration, 0, total, "total")
     return base_lr * (1.0 - iteration / total) ** power
 
 
