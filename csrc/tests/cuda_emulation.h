@@ -44,6 +44,7 @@ inline dim3 bDim, gDim;
 inline std::vector<float> dyn_smem;
 inline std::vector<double> shfl_buf;
 inline std::barrier<>* bar = nullptr;
+inline std::vector<std::unique_ptr<std::barrier<>>> warp_bars;  // one per warp of the running launch
 inline std::mutex& atomic_mutex() { static std::mutex m; return m; }
 }  // namespace emu
 #define threadIdx emu::tIdx
@@ -52,14 +53,17 @@ inline std::mutex& atomic_mutex() { static std::mutex m; return m; }
 #define gridDim emu::gDim
 
 inline void __syncthreads() { emu::bar->arrive_and_wait(); }
+// A shuffle synchronises its warp only (as on the GPU), so that a block-level
+// race hidden behind a shuffle still shows under ThreadSanitizer.
 template <typename T>
 T __shfl_down_sync(unsigned, T v, int o) {
   const unsigned t = threadIdx.x;
+  std::barrier<>& warp = *emu::warp_bars[t >> 5];
   emu::shfl_buf[t] = static_cast<double>(v);
-  emu::bar->arrive_and_wait();
+  warp.arrive_and_wait();
   const unsigned lane = t & 31u;
   T r = (lane + o < 32 && t + o < blockDim.x) ? static_cast<T>(emu::shfl_buf[t + o]) : v;
-  emu::bar->arrive_and_wait();
+  warp.arrive_and_wait();
   return r;
 }
 inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
@@ -152,6 +156,9 @@ void launch(unsigned grid, unsigned block, size_t smem, cudaStream_t, Kernel k, 
   shfl_buf.assign(block, 0.0);
   std::barrier<> barrier(block);
   bar = &barrier;
+  warp_bars.clear();
+  for (unsigned w = 0; w * 32 < block; ++w)
+    warp_bars.push_back(std::make_unique<std::barrier<>>(std::min(32u, block - w * 32)));
   std::vector<std::thread> ts;
   for (unsigned t = 0; t < block; ++t)
     ts.emplace_back([=, &barrier] {
