@@ -6,9 +6,14 @@ This stands in for compute-sanitizer's memcheck where no sanitizer reaches (the 
 inside torch): a load past a tensor's end or before its start, or a tail mask that lets a lane through, reads the
 padding and shows as NaN or as a bad-label error, even where the value read is multiplied by a zero weight. The
 emulated CUDA kernels run under AddressSanitizer in tests/test_cuda_build.py; on a GPU this file checks them too.
+
+The last tests address labels and logits past element 2**31 (known answers), where an offset computed in 32 bits
+wraps.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -22,6 +27,9 @@ PAD = 64  # elements each side; a multiple of 16 bytes for every dtype, so the v
 OUTSIDE_LABEL = 100  # not in [0, K) and not the ignore index
 B, K, C = 2, 5, 6
 LOW, HIGH = (7, 9), (20, 30)  # non-integer upsampling factors, sizes that are multiples of no block size
+# (logits h x w, labels H x W): LOW -> HIGH, and sizes whose last row band ends on the logits' last row, where a
+# row mask that lets row h through reads one row past the tensor.
+SIZES = pytest.mark.parametrize(("low", "high"), [(LOW, HIGH), ((5, 6), (11, 13))], ids=["7x9to20x30", "5x6to11x13"])
 
 
 def _unavailable(name: str) -> str | None:
@@ -94,14 +102,14 @@ def assert_same_and_finite(op, inputs: list[tuple[torch.Tensor, bool]]) -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def logits(dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
-    value = (torch.randn(B, K, *LOW, device=DEVICE) * 3).to(dtype)
+def logits(dtype: torch.dtype, channels_last: bool, size: tuple[int, int] = LOW) -> torch.Tensor:
+    value = (torch.randn(B, K, *size, device=DEVICE) * 3).to(dtype)
     return value.contiguous(memory_format=torch.channels_last) if channels_last else value
 
 
-def target() -> torch.Tensor:
-    labels = torch.randint(0, K, (B, *HIGH), device=DEVICE)
-    labels[torch.rand(B, *HIGH, device=DEVICE) < 0.1] = 255
+def target(size: tuple[int, int] = HIGH) -> torch.Tensor:
+    labels = torch.randint(0, K, (B, *size), device=DEVICE)
+    labels[torch.rand(B, *size, device=DEVICE) < 0.1] = 255
     return labels
 
 
@@ -117,11 +125,12 @@ DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=s
 
 @LAYOUTS
 @DTYPES
+@SIZES
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_seg_cross_entropy(backend, dtype, channels_last, align_corners):
+def test_seg_cross_entropy(backend, dtype, channels_last, low, high, align_corners):
     assert_same_and_finite(
         lambda x, y, k: dcf.seg_cross_entropy(x, y, k, align_corners=align_corners),
-        [(logits(dtype, channels_last), True), (target(), False), (keep(per_sample=True), False)],
+        [(logits(dtype, channels_last, low), True), (target(high), False), (keep(per_sample=True), False)],
     )
 
 
@@ -156,3 +165,51 @@ def test_channel_mask(backend, dtype, channels_last):
         features = features.contiguous(memory_format=torch.channels_last)
     weight = torch.randn(K, C, device=DEVICE).to(dtype)
     assert_same_and_finite(dcf.channel_mask, [(features, True), (weight, True), (keep(per_sample=True), False)])
+
+
+def _skip_where_too_large(backend: str) -> None:
+    if backend == "triton" and DEVICE == "cpu":
+        pytest.skip("2**31 elements are too many for the Triton interpreter (test_triton.py checks int64 row offsets)")
+
+
+def test_seg_cross_entropy_labels_past_2_31_elements(backend):
+    """2**31 + 2**16 uint8 labels (2 GiB), all ignored but the last row, which lies past element 2**31: an index
+    that wraps at 2**31 reads an ignored label there. Known answer: every pixel sees the logits (0, 1) upsampled
+    from constants, so the loss is softplus(1) - 1 and each class's gradient sums to +-sigmoid(-1), all of it on
+    the last logits row."""
+    _skip_where_too_large(backend)
+    target = torch.full((1, 32769, 65536), 255, dtype=torch.uint8, device=DEVICE)
+    target[0, -1] = 1
+    logits = torch.tensor([0.0, 1.0], device=DEVICE).view(1, 2, 1, 1).expand(1, 2, 512, 1024).contiguous()
+    logits.requires_grad_()
+    loss = dcf.seg_cross_entropy(logits, target)
+    loss.backward()
+    p0 = torch.sigmoid(torch.tensor(-1.0, dtype=torch.float64)).item()
+    torch.testing.assert_close(loss.item(), math.log1p(math.e) - 1, rtol=1e-5, atol=0)
+    torch.testing.assert_close(logits.grad[0].sum((1, 2)).tolist(), [p0, -p0], rtol=1e-4, atol=0)
+    assert logits.grad[:, :, :-1].count_nonzero() == 0
+
+
+@pytest.mark.gpu
+def test_seg_cross_entropy_logits_past_2_31_elements(backend):
+    """bfloat16 logits of 2 x 32769 x 32768 = 2**31 + 2**16 elements (4 GiB; its float32 gradient does not fit a CI
+    machine's memory, so CUDA only), labels at their resolution, all ignored but the last row. Class 1's last row
+    starts past element 2**31 and holds 3 where every other class-1 logit holds 1: a wrapped offset reads a 1 (loss
+    softplus(-1)) instead of the known softplus(-3), and puts the gradient on the wrong row."""
+    _skip_where_too_large(backend)
+    if DEVICE == "cpu":
+        pytest.skip("needs about 16 GiB of memory: run on CUDA")
+    height, width = 32769, 32768
+    logits = torch.zeros(1, 2, height, width, dtype=torch.bfloat16, device=DEVICE)
+    logits[0, 1] = 1.0
+    logits[0, 1, -1] = 3.0
+    logits.requires_grad_()
+    target = torch.full((1, height, width), 255, dtype=torch.uint8, device=DEVICE)
+    target[0, -1] = 1
+    loss = dcf.seg_cross_entropy(logits, target)
+    loss.backward()
+    p0 = torch.sigmoid(torch.tensor(-3.0, dtype=torch.float64)).item()
+    torch.testing.assert_close(loss.item(), math.log1p(math.exp(-3.0)), rtol=1e-5, atol=0)
+    last_row = torch.tensor([[p0], [-p0]], device=DEVICE).expand(2, width) / width
+    torch.testing.assert_close(logits.grad[0, :, -1].float(), last_row.float(), rtol=1e-2, atol=0)
+    assert logits.grad[:, :, :-1].count_nonzero() == 0

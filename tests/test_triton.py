@@ -59,6 +59,26 @@ def test_offset_helper_multiplies_in_int64():
     assert out.item() == 3 << 32
 
 
+def test_source_rows_past_2_31_elements():
+    """Logits whose row stride puts row 2 at element 2**31 (a float16 view into 4 GiB of storage, of which only a
+    few pages are ever touched on CPU): an int32 ``row * stride`` wraps there and reads another address."""
+    from dropclass_fast.triton.seg_cross_entropy import cross_entropy_pass
+
+    row_stride = 1 << 30
+    storage = torch.empty(2 * row_stride + 8, dtype=torch.float16, device=DEVICE)
+    logits = storage.as_strided((1, 2, 3, 2), (0, 1, row_stride, 2))  # [B, K, h, w]: k + 2 x + row * 2**30
+    values = (torch.randn(1, 2, 3, 2) * 3).half().to(DEVICE)
+    logits.copy_(values)
+    target = torch.tensor([[[0, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0]]], device=DEVICE)  # [1, 5, 3]
+    result = cross_entropy_pass(logits, target, None, 255, False, True, False, True)
+    leaf = values.float().requires_grad_()
+    want = reference.seg_cross_entropy(leaf, target)
+    want.backward()
+    assert result.count.item() == 15
+    torch.testing.assert_close(result.loss_sum / 15, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.grad / 15, leaf.grad, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}K{s[1]}_{s[2][0]}x{s[2][1]}to{s[3][0]}x{s[3][1]}")
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("keep_mode", ["none", "batch", "sample"])
