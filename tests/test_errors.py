@@ -240,6 +240,17 @@ def test_fused_loss_op_argument_errors(cpp_backend):
         op(logits, logits, target[:1], keep, 255, False, False)
 
 
+def test_ops_refuse_a_keep_with_more_rows_than_the_batch(cpp_backend):
+    """The C++ ops' own keep-shape check, which functional.check_keep stands in front of on the public API."""
+    logits, target = seg_inputs()
+    keep = torch.ones(3, 5)
+    message = r"keep must have shape \[K\], \[1, K\] or \[B, K\] with K=5 and B=2"
+    with pytest.raises(ValueError, match=message):
+        torch.ops.dropclass_fast.seg_cross_entropy(logits, target, keep, 255, False, False)
+    with pytest.raises(ValueError, match=message):
+        torch.ops.dropclass_fast.dropped_class_prob(logits, keep, False)
+
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_an_evaluation_mask_is_checked_compiled_or_not(compiled):
     """An explicit keep in evaluation is checked outside the graph: compiled, an all-zero mask gave NaN logits and

@@ -1,5 +1,5 @@
-"""The C++ kernels against the eager reference: values and gradients, fresh random inputs; empty inputs on every
-backend."""
+"""The C++ kernels against the eager reference: values and gradients, fresh random inputs; non-contiguous layouts on
+the C++ and Triton kernels; empty inputs on every backend."""
 
 from __future__ import annotations
 
@@ -135,6 +135,102 @@ def test_channel_mask(cpp_backend, weight_shape, keep_mode, memory_format, dtype
     scale = leaves["eager"][1].abs().max().item()
     rtol = 1e-5 if dtype == torch.float32 else tol["rtol"]
     torch.testing.assert_close(leaves["cpp"][1], leaves["eager"][1], rtol=rtol, atol=rtol * scale)
+
+
+def test_channel_mask_weight_gradient_is_zero_where_the_weight_is_zero(cpp_backend):
+    """ReLU passes no gradient at 0 (torch's relu backward): a zero weight, e.g. a zero-initialised classifier
+    row, gets a zero gradient on the C++ backend as on the eager one."""
+    features = torch.randn(2, 4, 3, 5)
+    weight = torch.randn(3, 4)
+    weight[1] = 0.0  # a whole class row at the kink
+    weight[0, 2] = 0.0
+    keep = torch.tensor([1.0, 1.0, 0.0])
+    grads = {}
+    for backend in ("cpp", "eager"):
+        f, w = features.clone().requires_grad_(), weight.clone().requires_grad_()
+        with dropclass_fast.set_backend(backend):
+            dcf.channel_mask(f, w, keep).sum().backward()
+        grads[backend] = w.grad
+    assert grads["eager"][1].eq(0).all() and grads["eager"][0, 2] == 0
+    torch.testing.assert_close(grads["cpp"], grads["eager"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_channel_mask_half_precision_rounds_once(cpp_backend, dtype):
+    """Weights whose importance s is exact in float32 but not in the half dtype: the output is features * s taken
+    in float32 and rounded once, bit for bit the reference's (rounding s to the half dtype first is off by an ulp
+    in many elements, which test_channel_mask's rtol of 2e-3 / 2e-2 lets through)."""
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 16, 8, 8, generator=g).to(dtype)
+    weight = torch.randint(-(2**14), 2**14, (4, 16), generator=g).float() / 2**12  # sums of <= 4: exact in float32
+    keep = torch.tensor([1.0, 0.0, 1.0, 0.0])  # two kept classes: dividing by 2 is exact
+    with dropclass_fast.set_backend("cpp"):
+        got = dcf.channel_mask(features, weight, keep)
+    want = reference.channel_mask(features, weight, keep)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_channel_mask_several_chunks_with_per_sample_keep(cpp_backend, memory_format):
+    """Features of more than one task chunk and 256-pixel block per sample (test_channel_mask's fit in one): the
+    partial sums of the weight gradient must be summed per sample and per chunk."""
+    features = torch.randn(2, 33, 37, 29).contiguous(memory_format=memory_format)
+    weight = torch.randn(4, 33)
+    keep = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0]])
+    results = {}
+    for backend in ("cpp", "eager"):
+        f, w = features.clone().requires_grad_(), weight.clone().requires_grad_()
+        with dropclass_fast.set_backend(backend):
+            out = dcf.channel_mask(f, w, keep)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results[backend] = (out.detach(), f.grad, w.grad)
+    for got, want in zip(results["cpp"], results["eager"]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+KERNEL_BACKENDS = [backend for backend in CPU_BACKENDS if backend != "eager"]
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("layout", ["channels_last_logits", "strided_target", "both"])
+@pytest.mark.parametrize("keep_mode", ["none", "sample"])
+def test_seg_cross_entropy_non_contiguous_inputs(cpp_backend, backend, layout, keep_mode):
+    """Channels-last logits and a transposed-view target give the reference's values and gradients (test_bounds
+    compares each layout only with itself)."""
+    logits = torch.randn(2, 7, 9, 11) * 3
+    target = make_target(2, 7, (30, 41))
+    keep = make_keep(keep_mode, 2, 7)
+    if layout in ("channels_last_logits", "both"):
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    if layout in ("strided_target", "both"):
+        target = target.transpose(1, 2).contiguous().transpose(1, 2)
+        assert not target.is_contiguous()
+    got, got_grads = run_op("seg_cross_entropy", backend, logits, target, keep)
+    want, want_grads = run_op("seg_cross_entropy", "reference", logits, target, keep)
+    torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+    assert_grad_close(got_grads[0], want_grads[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_dropped_class_prob_channels_last_logits(cpp_backend, backend):
+    logits = (torch.randn(2, 7, 9, 11) * 2).contiguous(memory_format=torch.channels_last)
+    keep = make_keep("sample", 2, 7)
+    got, got_grads = run_op("dropped_class_prob", backend, logits, keep)
+    want, want_grads = run_op("dropped_class_prob", "reference", logits, keep)
+    torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+    assert_grad_close(got_grads[0], want_grads[0], rtol=1e-5)
+
+
+def test_seg_cross_entropy_phase_major_strip_with_short_runs(cpp_backend):
+    """K=512, 17 -> 102 columns (x6): the column strips are about 52 wide, so in some phases fewer than 8 columns
+    line up and the kernel interpolates them one by one (a phased strip's edge columns), in the gradient too."""
+    logits = torch.randn(1, 512, 2, 17) * 3
+    target = make_target(1, 512, (4, 102))
+    got, got_grads = run_op("seg_cross_entropy", "cpp", logits, target, None)
+    want, want_grads = run_op("seg_cross_entropy", "reference", logits, target, None)
+    torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+    assert_grad_close(got_grads[0], want_grads[0], rtol=1e-5)
 
 
 def _weighted_reference_terms(logits, drop_logits, target, keep, ignore_index, align_corners):
