@@ -298,6 +298,10 @@ void test_seg_ce_bad_label() {
   target[B * H * W - 3] = 1;
   r = seg_cross_entropy(a, serial_parallel_for);
   check(!r.bad_label, "seg_ce no bad label after fix");
+  target[B * H * W - 1] = K;  // one past the largest class
+  r = seg_cross_entropy(a, serial_parallel_for);
+  check(r.bad_label && r.bad_value == K, "seg_ce bad label K detected", fmt("bad=%g value=%g", r.bad_label, r.bad_value));
+  target[B * H * W - 1] = 1;
   // ignore_index inside [0, K): class 2 pixels are ignored, not flagged.
   target[3] = 1;
   target[10] = 2;
