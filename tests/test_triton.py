@@ -369,6 +369,53 @@ def test_upsampling_past_the_widest_window_is_refused_by_triton_and_left_to_othe
         compiled(narrow, target, keep)
 
 
+@pytest.mark.parametrize("index", range(6))
+def test_every_launch_candidate_matches_the_reference(monkeypatch, index):
+    """The interpreter (and deterministic mode) launch the first candidate; measuring on a GPU may keep any other.
+    Here the ``index``-th of each kernel's candidates (its last where it has fewer) runs each op at a size of
+    several row bands and column tiles, with per-sample keep, against the reference."""
+    from dropclass_fast.triton import _tuning
+
+    picked = []  # (kernel, number of candidates, position launched)
+
+    def pick_at_index(key, candidates, run, deterministic):
+        position = min(index, len(candidates) - 1)
+        picked.append((key[0], len(candidates), position))
+        return candidates[position]
+
+    monkeypatch.setattr(_tuning, "pick", pick_at_index)
+    batch, num_classes, low, high = 2, 3, (9, 7), (20, 70)  # 2 or 3 row bands, 1 to 4 column tiles
+    logits = make_logits(batch, num_classes, low)
+    drop_logits = make_logits(batch, num_classes, low, channels_last=True)
+    target = make_target(batch, num_classes, high)
+    keep = make_keep("sample", batch, num_classes)
+    for op, args in (
+        ("seg_cross_entropy", (logits, target, keep)),
+        ("dropped_class_prob", (logits, keep)),
+        ("dropclass_loss", (logits, drop_logits, target, keep, 0.3)),
+    ):
+        got, got_grads = run_op(op, "triton", *args)
+        want, want_grads = run_op(op, "reference", *args)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        for got_grad, want_grad in zip(got_grads, want_grads):
+            assert_grad_close(got_grad, want_grad)
+    features = make_logits(batch, 40, (9, 11))
+    weight = torch.randn(num_classes, 40, device=DEVICE)
+    upstream = torch.randn(features.shape, device=DEVICE)
+    outputs = {}
+    for backend in ("triton", "reference"):
+        leaves = [features.clone().requires_grad_(), weight.clone().requires_grad_()]
+        with dropclass_fast.set_backend("triton"):
+            out = (dcf if backend == "triton" else reference).channel_mask(*leaves, keep)
+        (out * upstream).sum().backward()
+        outputs[backend] = (out.detach(), *(leaf.grad for leaf in leaves))
+    torch.testing.assert_close(outputs["triton"][0], outputs["reference"][0], rtol=1e-5, atol=1e-6)
+    for got_grad, want_grad in zip(outputs["triton"][1:], outputs["reference"][1:]):
+        assert_grad_close(got_grad, want_grad)
+    assert {name for name, _, _ in picked} == {"seg_cross_entropy", "dropped_class_prob", "channel_mask"}, picked
+    assert all(count >= 4 for _, count, _ in picked), picked  # the sizes leave each kernel several candidates
+
+
 def test_tuning_leaves_out_candidates_the_gpu_cannot_launch(monkeypatch):
     """Measuring skips a candidate that raises OutOfResources (seen at compile time: TX=256 needs 320 KiB of shared
     memory at the Cityscapes shape on sm_90) and raises only when none launches."""
