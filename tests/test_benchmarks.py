@@ -30,8 +30,10 @@ BENCH_DIR = REPO_ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 
 import backend_table  # noqa: E402 - benchmarks/ is not a package
+import bench_bandwidth  # noqa: E402
 import cases  # noqa: E402
 import official_dropclass  # noqa: E402
+import peak_memory  # noqa: E402
 import report  # noqa: E402
 import results  # noqa: E402
 import targets  # noqa: E402
@@ -479,3 +481,176 @@ def test_auto_backend_resolves_to_the_backend_the_table_chose(
     monkeypatch.setattr(_backend, "_triton_unavailable", lambda device_type: None)
     monkeypatch.setattr(_backend, "_cuda_unavailable", lambda device_type: None)
     assert _backend._resolve_cuda_auto(op) == expected
+
+
+
+
+def test_smoke_copy_row_counts_read_and_write_and_interleaved_speedup_is_eager_over_cpp(smoke_json: Path) -> None:
+    """The copy row's bytes (the floor's denominator) are 2x the buffer; the core target's interleaved speedup is
+    eager time / cpp time (one round in a smoke run: the ratio of the two medians)."""
+    rows = results.load([smoke_json])
+    (copy,) = rows.select("copy", device="cpu")
+    assert copy["bytes_moved"] == 2 * bench_bandwidth.SMOKE_SIZE_MIB * 2**20
+    assert rows.copy_bandwidth("cpu") == copy["bytes_moved"] / copy["median_s"]
+    for row in rows.select("interleaved"):
+        expected = row["eager_median_ms"] / row["cpp_median_ms"]
+        assert row["speedup_median"] == pytest.approx(expected, rel=2e-2), row
+
+
+GPU_G = "NVIDIA Made Up G"
+
+
+def _kernel_rows() -> list[dict]:
+    """bfloat16: eager 100 ms / 200 MiB, compile 12.5 ms, triton 5 ms (min 2 ms) / 10 MiB;
+    float32: eager 40 ms / 50 MiB, compile 30 ms, triton 8 ms / 10 MiB; both move 3 GB; copy 1 TB/s (median; the min
+    says 2 TB/s). A later run on another GPU has eager rows only (slower): they must not feed G's verdicts."""
+    loss = {**LOSS_ROW, "gpu": GPU_G}
+    rows = []
+    for dtype, eager_s, eager_mib, compile_s, triton_s in (("bfloat16", 0.100, 200.0, 0.0125, 0.005),
+                                                            ("float32", 0.040, 50.0, 0.030, 0.008)):  # fmt: skip
+        rows += [  # fmt: skip
+            {**loss, "dtype": dtype, "impl": "eager", "median_s": eager_s, "min_s": eager_s,
+             "peak_extra_mib": eager_mib},
+            {**loss, "dtype": dtype, "impl": "compile", "median_s": compile_s, "min_s": compile_s,
+             "peak_extra_mib": 1.0},
+            {**loss, "dtype": dtype, "impl": "triton", "median_s": triton_s, "min_s": 0.002, "peak_extra_mib": 10.0},
+        ]
+    rows.append({"kind": "copy", "device": "cuda", "bytes_moved": 1e12, "median_s": 1.0, "min_s": 0.5, "gpu": GPU_G})
+    for dtype in cases.DTYPES:
+        rows.append({**loss, "dtype": dtype, "impl": "eager", "median_s": 9.0, "min_s": 9.0, "peak_extra_mib": 9e3,
+                     "gpu": "Other"})  # fmt: skip
+    return rows
+
+
+def test_gpu_kernel_targets_are_met_and_not_met_by_each_threshold() -> None:
+    judged = {t.name.split("), ", 1)[1]: t for t in targets.evaluate(results.Results(rows=_kernel_rows()))
+              if t.name.startswith("triton")}  # fmt: skip
+    floor = "within 2x of the bandwidth floor (bytes it must move / measured copy bandwidth)"
+    got = {name: (t.status, t.measured) for name, t in judged.items()}
+    assert got == {
+        "at least 10x eager (bfloat16)": ("met", "20.00x"),
+        "at least 3x torch.compile of eager (bfloat16)": ("not met", "2.50x"),
+        f"{floor} (bfloat16)": ("met", "5 ms vs floor 3 ms = 1.67x"),
+        "peak extra memory at most 1/10 of eager's (bfloat16)": ("met", "10.0 vs 200.0 MiB = 0.050"),
+        "at least 10x eager (float32)": ("not met", "5.00x"),
+        "at least 3x torch.compile of eager (float32)": ("met", "3.75x"),
+        f"{floor} (float32)": ("not met", "8 ms vs floor 3 ms = 2.67x"),
+        "peak extra memory at most 1/10 of eager's (float32)": ("not met", "10.0 vs 50.0 MiB = 0.200"),
+    }
+
+
+def test_report_op_table_uses_medians_and_the_median_copy_bandwidth() -> None:
+    text = report.render(results.Results(rows=_kernel_rows()), "report.py --json gpu.json", [])
+    (mine,) = [s for s in text.split("### ") if s.startswith(f"{GPU_G}, shape `cityscapes`")]
+    line = next(x for x in mine.splitlines() if x.startswith("| dropclass_loss | fwd+bwd | bfloat16 | triton |"))
+    assert line.split(" | ")[4:] == ["5 (2)", "20.00", "2.50", "10.0", "0.050", "600.00", "1.7 |"]
+    assert "Measured copy bandwidth on cuda: 1000.0 GB/s." in mine
+
+
+@pytest.mark.parametrize(("median", "maximum", "status"), [(4.5, 6.0, "met"), (3.5, 4.5, "not met")])
+def test_core_speed_target_is_judged_on_the_float32_interleaved_median(
+    median: float, maximum: float, status: str
+) -> None:
+    """The separately timed rows say 2x; the float32 interleaved median decides, not its max nor the bfloat16 row."""
+    def interleaved(dtype: str, med: float, mx: float) -> dict:
+        return {"kind": "interleaved", "dtype": dtype, "shape": "cpu", "device": "cpu", "rounds": 15,
+                "speedup_median": med, "speedup_min": 3.0, "speedup_max": mx}  # fmt: skip
+
+    rows = [_row("eager", 0.5, 200.0), _row("cpp", 0.25, 20.0), interleaved("float32", median, maximum),
+            interleaved("bfloat16", 1.0, 1.0)]  # fmt: skip
+    (speed,) = [t for t in targets.evaluate(results.Results(rows=rows)) if "faster than eager (CPU" in t.name]
+    assert speed.status == status
+    assert speed.measured == (
+        f"B2: suite 2.00x (250 ms vs 500 ms); interleaved {median:.2f}x (median of 15 rounds, 3.00-{maximum:.2f}), "
+        "judged on it"
+    )
+
+
+def test_load_keeps_median_and_min_apart_and_the_later_run_wins(tmp_path: Path) -> None:
+    def bench(median_ms: float, min_ms: float) -> dict:
+        entry = _bench(median_ms, op="channel_mask", impl="triton", dtype="float32")
+        entry["stats"]["min"] = min_ms / 1e3
+        return entry
+
+    first = _write_run(tmp_path / "a.json", GPU_A, [bench(5.0, 1.0)])
+    second = _write_run(tmp_path / "b.json", GPU_A, [bench(7.0, 6.0)])
+    loaded = results.load([first, second])
+    row = loaded.one("op", impl="triton")
+    assert (row["median_s"], row["min_s"], row["run"], row["gpu"]) == (0.007, 0.006, 1, GPU_A)
+
+
+def test_backend_table_tie_goes_to_triton() -> None:
+    times = {(op, impl, dtype): 1.0 for op in cases.OPS for impl in cases.GPU_BACKENDS for dtype in cases.DTYPES}
+    assert {op: choice[0] for op, choice in backend_table.choose(times).items()} == dict.fromkeys(cases.OPS, "triton")
+
+
+def test_report_step_table_ratios_are_variant_over_baseline() -> None:
+    text = report.render(results.Results(rows=_gpu_rows()), "report.py --json gpu.json", [])
+    assert "| dropclass_fast | eager | 112 (110) | 1.120 | 900.0 | 0.900 |" in text
+    assert "| official | eager | 150 (150) | 1.500 | 1500.0 | 1.500 |" in text
+
+
+def test_cpu_step_target_reports_each_variant_over_the_baseline() -> None:
+    step = {"kind": "train_step", "device": "cpu", "shape": "cpu", "precision": "float32", "shape_label": "B2"}
+    rows = [
+        {**step, "variant": "baseline", "median_s": 0.100, "min_s": 0.1, "peak_extra_mib": 1000.0},
+        {**step, "variant": "official", "median_s": 0.150, "min_s": 0.15, "peak_extra_mib": 1500.0},
+        {**step, "variant": "dropclass_fast", "median_s": 0.110, "min_s": 0.11, "peak_extra_mib": 900.0},
+    ]
+    (cpu,) = [t for t in targets.evaluate(results.Results(rows=rows)) if t.name.startswith("CPU step")]
+    assert cpu.measured == ("B2: baseline 100 ms (1.00x), 1000.0 MiB (1.00); official 150 ms (1.50x), 1500.0 MiB "
+                            "(1.50); dropclass_fast 110 ms (1.10x), 900.0 MiB (0.90)")  # fmt: skip
+
+
+MIB = 2**20
+
+
+def test_cpu_peak_memory_is_the_peak_of_the_call_above_the_resident_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: a call that leaves 64 MiB allocated (as gradients) and briefly touches 128 MiB more peaks at
+    192 MiB above what was resident before it; a 256 MiB buffer resident all along does not count."""
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("no writable /proc/self/clear_refs")
+    held: list[torch.Tensor] = []
+
+    def run() -> None:
+        held.clear()
+        held.append(torch.ones(64 * MIB, dtype=torch.uint8))
+        scratch = torch.ones(128 * MIB, dtype=torch.uint8)
+        del scratch
+
+    monkeypatch.setattr(cases, "build", lambda case: cases.Runner(run, held.clear))
+    resident = torch.ones(256 * MIB, dtype=torch.uint8)
+    result = peak_memory._child({"op": "made up"})
+    del resident
+    held.clear()
+    assert result["method"] == peak_memory.RESET_METHOD
+    assert 188.0 <= result["peak_extra_mib"] <= 195.0, result
+
+
+def test_cuda_peak_memory_is_the_peak_above_what_was_allocated_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake allocator counters: 100 MiB of inputs; the call keeps 64 MiB (gradients) and briefly 32 MiB more."""
+    state = {"allocated": 100 * MIB, "peak": 100 * MIB}
+
+    def allocate(size: int) -> None:
+        state["allocated"] += size
+        state["peak"] = max(state["peak"], state["allocated"])
+
+    class Runner:
+        grads = 0
+
+        def clear(self) -> None:
+            allocate(-self.grads)
+            self.grads = 0
+
+        def run(self) -> None:
+            self.clear()
+            allocate(64 * MIB)
+            self.grads = 64 * MIB
+            allocate(32 * MIB)
+            allocate(-32 * MIB)
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: state["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a, **k: state.update(peak=state["allocated"]))
+    assert peak_memory.cuda_peak_extra_mib(Runner()) == 96.0
