@@ -151,6 +151,33 @@ def test_a_stage_ignoring_the_interrupt_is_killed(tmp_path: Path, monkeypatch: p
     assert "killed" in (tmp_path / "session.log").read_text()
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_what_a_stage_leaves_running_is_killed_with_it(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    leaves_a_child = (
+        "import subprocess, sys; child = subprocess.Popen(['sleep', '60']); "
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))"
+    )
+    stage = gpu_session.Stage("leaves", [sys.executable, "-c", leaves_a_child], cap_s=30.0)
+    log = gpu_session.Log(tmp_path / "session.log")
+    outcome = gpu_session.run_stage(stage, time.monotonic() + 100, log)
+    log.close()
+    assert outcome.status == 0 and not outcome.cut_short
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
 def test_benchmark_json_gets_the_commit_a_tree_without_git_lacks(tmp_path: Path) -> None:
     source, target = tmp_path / "run.json", tmp_path / "kept.json"
     started = time.time() - 5
