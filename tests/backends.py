@@ -17,3 +17,5 @@ CPU_BACKENDS = [
     "eager",
     pytest.param("triton", marks=pytest.mark.skipif(_TRITON_ON_CPU is not None, reason=str(_TRITON_ON_CPU))),
 ]
+#: The backends with kernels of their own (``eager`` runs the reference itself).
+KERNEL_BACKENDS = [backend for backend in CPU_BACKENDS if backend != "eager"]

@@ -486,13 +486,16 @@ def test_auto_backend_resolves_to_the_backend_the_table_chose(
 
 
 def test_smoke_copy_row_counts_read_and_write_and_interleaved_speedup_is_eager_over_cpp(smoke_json: Path) -> None:
-    """The copy row's bytes (the floor's denominator) are 2x the buffer; the core target's interleaved speedup is
-    eager time / cpp time (one round in a smoke run: the ratio of the two medians)."""
+    """The copy row's bytes are 2x the buffer (read and write), so the copy bandwidth, the floor's denominator,
+    counts both (test_report_op_table_uses_medians_and_the_median_copy_bandwidth checks it is taken from the median);
+    the core target's interleaved speedup is eager time / cpp time (one round in a smoke run: the ratio of the two
+    medians), for both dtypes."""
     rows = results.load([smoke_json])
     (copy,) = rows.select("copy", device="cpu")
     assert copy["bytes_moved"] == 2 * bench_bandwidth.SMOKE_SIZE_MIB * 2**20
-    assert rows.copy_bandwidth("cpu") == copy["bytes_moved"] / copy["median_s"]
-    for row in rows.select("interleaved"):
+    interleaved = rows.select("interleaved")
+    assert sorted(row["dtype"] for row in interleaved) == sorted(cases.DTYPES)
+    for row in interleaved:
         expected = row["eager_median_ms"] / row["cpp_median_ms"]
         assert row["speedup_median"] == pytest.approx(expected, rel=2e-2), row
 
@@ -624,7 +627,7 @@ def test_cpu_peak_memory_is_the_peak_of_the_call_above_the_resident_baseline(mon
     del resident
     held.clear()
     assert result["method"] == peak_memory.RESET_METHOD
-    assert 188.0 <= result["peak_extra_mib"] <= 195.0, result
+    assert 184.0 <= result["peak_extra_mib"] <= 200.0, result  # 192; 64 without the scratch, 448 with the resident
 
 
 def test_cuda_peak_memory_is_the_peak_above_what_was_allocated_before(monkeypatch: pytest.MonkeyPatch) -> None:

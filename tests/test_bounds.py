@@ -27,9 +27,10 @@ PAD = 64  # elements each side; a multiple of 16 bytes for every dtype, so the v
 OUTSIDE_LABEL = 100  # not in [0, K) and not the ignore index
 B, K, C = 2, 5, 6
 LOW, HIGH = (7, 9), (20, 30)  # non-integer upsampling factors, sizes that are multiples of no block size
-# (logits h x w, labels H x W): LOW -> HIGH, and sizes whose last row band ends on the logits' last row, where a
-# row mask that lets row h through reads one row past the tensor.
-SIZES = pytest.mark.parametrize(("low", "high"), [(LOW, HIGH), ((5, 6), (11, 13))], ids=["7x9to20x30", "5x6to11x13"])
+# (logits h x w, labels H x W): LOW -> HIGH, whose one row band is cut short by the logits' end, and h = 16, a
+# multiple of every band and tile height (Triton's 4 and 8 rows, the CUDA kernel's 8), so that its several bands are
+# all full and no tail mask stands between a read of row h and the padding.
+SIZES = pytest.mark.parametrize(("low", "high"), [(LOW, HIGH), ((16, 3), (33, 7))], ids=["7x9to20x30", "16x3to33x7"])
 
 
 def _unavailable(name: str) -> str | None:
@@ -174,7 +175,8 @@ def _skip_where_too_large(backend: str) -> None:
 
 def test_seg_cross_entropy_labels_past_2_31_elements(backend):
     """2**31 + 2**16 uint8 labels (2 GiB), all ignored but the last row, which lies past element 2**31: an index
-    that wraps at 2**31 reads an ignored label there. Known answer: every pixel sees the logits (0, 1) upsampled
+    computed in 32 bits wraps to a negative offset there and reads before the labels (a wrong label, or a fault)
+    instead of the last row's. Known answer: every pixel sees the logits (0, 1) upsampled
     from constants, so the loss is softplus(1) - 1 and each class's gradient sums to +-sigmoid(-1), all of it on
     the last logits row."""
     _skip_where_too_large(backend)
@@ -194,8 +196,9 @@ def test_seg_cross_entropy_labels_past_2_31_elements(backend):
 def test_seg_cross_entropy_logits_past_2_31_elements(backend):
     """bfloat16 logits of 2 x 32769 x 32768 = 2**31 + 2**16 elements (4 GiB; its float32 gradient does not fit a CI
     machine's memory, so CUDA only), labels at their resolution, all ignored but the last row. Class 1's last row
-    starts past element 2**31 and holds 3 where every other class-1 logit holds 1: a wrapped offset reads a 1 (loss
-    softplus(-1)) instead of the known softplus(-3), and puts the gradient on the wrong row."""
+    starts past element 2**31 and holds 3 where every other class-1 logit holds 1: an offset wrapped to a negative
+    value reads before the logits instead of the 3s, so the loss misses the known softplus(-3), and the gradient
+    lands on the wrong row."""
     _skip_where_too_large(backend)
     if DEVICE == "cpu":
         pytest.skip("needs about 16 GiB of memory: run on CUDA")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backends import CPU_BACKENDS
+from backends import CPU_BACKENDS, KERNEL_BACKENDS
 from op_inputs import make_keep, make_target
 from op_runs import assert_grad_close, run_op
 
@@ -173,8 +173,9 @@ def test_channel_mask_half_precision_rounds_once(cpp_backend, dtype):
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_channel_mask_several_chunks_with_per_sample_keep(cpp_backend, memory_format):
-    """Features of more than one task chunk and 256-pixel block per sample (test_channel_mask's fit in one): the
-    partial sums of the weight gradient must be summed per sample and per chunk."""
+    """The C++ kernels' weight gradient summed over several partial sums per sample: channels_last features span
+    several task chunks of pixels (37 x 29 pixels, more than one chunk holds), contiguous ones one chunk per
+    (sample, channel) plane; either way the sums must be taken per sample, where the keep rows differ."""
     features = torch.randn(2, 33, 37, 29).contiguous(memory_format=memory_format)
     weight = torch.randn(4, 33)
     keep = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0]])
@@ -189,7 +190,6 @@ def test_channel_mask_several_chunks_with_per_sample_keep(cpp_backend, memory_fo
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
-KERNEL_BACKENDS = [backend for backend in CPU_BACKENDS if backend != "eager"]
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

@@ -7,10 +7,10 @@
 // file first on the include path, and builds test_cuda_emulated.cpp.
 //
 // A launch runs blockDim.x std::threads that execute the blocks one after the
-// other; __syncthreads is a std::barrier, __shfl_down_sync goes through the
-// block (every caller here is block-uniform), atomics take a mutex, and
-// __shared__ variables are function statics (one block at a time).  Dynamic
-// shared memory starts as NaN so that reads of unwritten entries show.
+// other; __syncthreads is a std::barrier of the block, __shfl_down_sync one of
+// its warp (every lane of the warp must call it, as on the GPU), atomics take a
+// mutex, and __shared__ variables are function statics (one block at a time).
+// Dynamic shared memory starts as NaN so that reads of unwritten entries show.
 // 1-D launches only.  Needs C++20 (<barrier>).
 #pragma once
 #include <algorithm>
