@@ -11,7 +11,8 @@ Stages (``--stages`` picks some, in this order):
 
 ``build``
     ``pip install --no-deps --no-build-isolation -e .`` for the device's architecture only
-    (``TORCH_CUDA_ARCH_LIST``), with a compile job per CPU.
+    (``TORCH_CUDA_ARCH_LIST``, set for every stage, so that a JIT build where this one failed is quick too),
+    with a compile job per CPU.
 ``targets``
     copy bandwidth and ``dropclass_loss`` forward+backward at the Cityscapes shape, every GPU
     backend, eager and ``torch.compile``, float32 and bfloat16: the kernel targets of the Triton and
@@ -128,24 +129,24 @@ def plan(names: Sequence[str], scratch: Path, out: Path, smoke: bool, cuda_arch:
         raise ValueError(f"stages must be among {', '.join(STAGE_NAMES)}; got {', '.join(unknown)}")
     python = sys.executable
     device, shape, precision = ("cpu", "smoke", "float32") if smoke else ("cuda", "cityscapes", "bf16-autocast")
-    bench_env = {"DROPCLASS_BENCH_DEVICES": device}
+    # Every stage: a JIT build of the extension (where the build stage failed or did not run) compiles for this
+    # device only too.
+    common_env = {} if cuda_arch is None else {"TORCH_CUDA_ARCH_LIST": cuda_arch}
+    bench_env = {**common_env, "DROPCLASS_BENCH_DEVICES": device}
     if smoke:
         bench_env.update(DROPCLASS_BENCH_SMOKE="1", DROPCLASS_BENCH_THREADS="1")
     caps = {"build": 200.0, "targets": 240.0, "step": 100.0, "tests": 180.0, "ops": 150.0, "voc": 120.0}
     stages = []
     for name in (n for n in STAGE_NAMES if n in names):
         if name == "build":
-            build_env = {"MAX_JOBS": str(os.cpu_count() or 1)}
-            if cuda_arch is not None:
-                build_env["TORCH_CUDA_ARCH_LIST"] = cuda_arch
             command = [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."]
-            stages.append(Stage(name, command, caps[name], build_env))
+            stages.append(Stage(name, command, caps[name], {**common_env, "MAX_JOBS": str(os.cpu_count() or 1)}))
         elif name == "tests":
             command = [python, "-m", "pytest", "tests", "-m", "gpu", "-q", "-ra", "-p", "no:cacheprovider",
                        f"--junitxml={out / 'tests.xml'}"]  # fmt: skip
             if not smoke and _has_xdist():
                 command += ["-n", "4"]
-            stages.append(Stage(name, command, caps[name]))
+            stages.append(Stage(name, command, caps[name], dict(common_env)))
         else:
             json_path = scratch / f"{name}.json"
             selection = benchmark_selection(name, device, shape, precision)

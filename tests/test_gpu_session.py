@@ -89,10 +89,15 @@ def test_unknown_stage_is_named() -> None:
         gpu_session.benchmark_selection("tests", "cuda", "cityscapes", "bf16-autocast")
 
 
-def test_build_stage_compiles_for_the_device_architecture_only(tmp_path: Path) -> None:
-    (build,) = gpu_session.plan(["build"], tmp_path, tmp_path, smoke=False, cuda_arch="9.0")
+def test_every_stage_compiles_for_the_device_architecture_only(tmp_path: Path) -> None:
+    """The build stage, and a JIT build in any later stage (where the build failed), target the device alone."""
+    stages = gpu_session.plan(gpu_session.STAGE_NAMES, tmp_path, tmp_path, smoke=False, cuda_arch="9.0")
+    assert [stage.name for stage in stages] == list(gpu_session.STAGE_NAMES)
+    build = stages[0]
     assert build.command[1:] == ["-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."]
-    assert build.env["TORCH_CUDA_ARCH_LIST"] == "9.0" and int(build.env["MAX_JOBS"]) >= 1
+    assert int(build.env["MAX_JOBS"]) >= 1
+    assert all(stage.env["TORCH_CUDA_ARCH_LIST"] == "9.0" for stage in stages)
+    assert all(stage.env["DROPCLASS_BENCH_DEVICES"] == "cuda" for stage in stages if stage.benchmark_json)
 
 
 def test_main_refuses_a_bad_stage_and_budget(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
