@@ -79,11 +79,10 @@ gpu-session:
 gpu-session-report: $(STAMP)
 	test -d $(GPU_SESSION)
 	mkdir -p benchmarks/gpu
-	stamp=$$(date -u +%Y%m%dT%H%M); for f in $(GPU_SESSION)/*.json; do \
-		test -f "$$f" && cp "$$f" "benchmarks/gpu/$$stamp-$$(basename $$f)"; done; true
+	stamp=$$(date -u +%Y%m%dT%H%M); for f in $(wildcard $(GPU_SESSION)/*.json); do \
+		cp "$$f" "benchmarks/gpu/$$stamp-$$(basename $$f)"; done
 	$(RENDER_RESULTS)
-	$(PY) benchmarks/backend_table.py $$(ls $(GPU_SESSION)/targets.json $(GPU_SESSION)/ops.json 2>/dev/null | \
-		sed 's/^/--json /')
+	$(PY) benchmarks/backend_table.py $(addprefix --json ,$(wildcard $(GPU_SESSION)/targets.json $(GPU_SESSION)/ops.json))
 
 # The GPU machine's software, without its GPU: a venv holding torch 2.11.0+cu130 (about 3 GB downloaded
 # once), the CUDA extension built against it by the local nvcc (CUDA 13; CUDA_HOME, default /usr/local/cuda)

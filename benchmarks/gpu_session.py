@@ -47,6 +47,8 @@ the check that the script itself works, which ``tests/test_gpu_session.py`` make
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -121,12 +123,17 @@ def _cuda_arch() -> str | None:
     return f"{major}.{minor}"
 
 
-def plan(names: Sequence[str], scratch: Path, out: Path, smoke: bool, cuda_arch: str | None) -> list[Stage]:
-    """The stages ``names`` (in :data:`STAGE_NAMES` order) with their commands; ``smoke`` runs the benchmarks on
-    the CPU at the smoke shape (``DROPCLASS_BENCH_SMOKE=1``, one thread) instead of the GPU at the paper's."""
+def check_stage_names(names: Sequence[str]) -> None:
+    """ValueError naming the entries of ``names`` that are not in :data:`STAGE_NAMES`."""
     unknown = sorted(set(names) - set(STAGE_NAMES))
     if unknown:
         raise ValueError(f"stages must be among {', '.join(STAGE_NAMES)}; got {', '.join(unknown)}")
+
+
+def plan(names: Sequence[str], scratch: Path, out: Path, smoke: bool, cuda_arch: str | None) -> list[Stage]:
+    """The stages ``names`` (in :data:`STAGE_NAMES` order) with their commands; ``smoke`` runs the benchmarks on
+    the CPU at the smoke shape (``DROPCLASS_BENCH_SMOKE=1``, one thread) instead of the GPU at the paper's."""
+    check_stage_names(names)
     python = sys.executable
     device, shape, precision = ("cpu", "smoke", "float32") if smoke else ("cuda", "cityscapes", "bf16-autocast")
     # Every stage: a JIT build of the extension (where the build stage failed or did not run) compiles for this
@@ -144,7 +151,7 @@ def plan(names: Sequence[str], scratch: Path, out: Path, smoke: bool, cuda_arch:
         elif name == "tests":
             command = [python, "-m", "pytest", "tests", "-m", "gpu", "-q", "-ra", "-p", "no:cacheprovider",
                        f"--junitxml={out / 'tests.xml'}"]  # fmt: skip
-            if not smoke and _has_xdist():
+            if not smoke and importlib.util.find_spec("xdist") is not None:  # pytest-xdist
                 command += ["-n", "4"]
             stages.append(Stage(name, command, caps[name], dict(common_env)))
         else:
@@ -157,14 +164,6 @@ def plan(names: Sequence[str], scratch: Path, out: Path, smoke: bool, cuda_arch:
                 env["DROPCLASS_BENCH_SECONDS"] = "1"
             stages.append(Stage(name, command, caps[name], env, json_path))
     return stages
-
-
-def _has_xdist() -> bool:
-    try:
-        import xdist  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class Log:
@@ -284,7 +283,7 @@ def run_session(
                 outcome = run_stage(stage, deadline, log)
                 if stage.benchmark_json is not None:
                     kept = keep_benchmark_json(stage.benchmark_json, out / f"{stage.name}.json", commit, started)
-                    outcome = Outcome(outcome.name, outcome.status, outcome.seconds, outcome.cut_short, kept)
+                    outcome = dataclasses.replace(outcome, note=kept)
                 outcomes.append(outcome)
         log.write("\n=== summary\n")
         for o in outcomes:
@@ -310,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         names = [name.strip() for name in args.stages.split(",") if name.strip()]
     try:
-        plan(names, args.out, args.out, args.smoke, None)
+        check_stage_names(names)
     except ValueError as exc:
         parser.error(str(exc))
     if args.budget <= 0:

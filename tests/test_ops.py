@@ -190,8 +190,6 @@ def test_channel_mask_several_chunks_with_per_sample_keep(cpp_backend, memory_fo
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
-
-
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("layout", ["channels_last_logits", "strided_target", "both"])
 @pytest.mark.parametrize("keep_mode", ["none", "sample"])
