@@ -9,6 +9,9 @@ import dropclass_fast
 from dropclass_fast import functional as dcf
 from dropclass_fast import reference
 
+#: The ops of ``dropclass_fast.functional``, each with kernels of its own on every backend.
+OPS = ("channel_mask", "seg_cross_entropy", "dropped_class_prob", "dropclass_loss")
+
 
 def run_op(fn_name: str, backend: str, *tensors: object, **kwargs: object) -> tuple[object, list[torch.Tensor]]:
     """``(output, grads)`` of ``dropclass_fast.functional.<fn_name>`` under ``backend``, or of

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from op_runs import OPS
 
 import dropclass_fast
 from dropclass_fast import _backend, _extension, reference
@@ -89,6 +90,52 @@ def test_auto_on_cuda_without_kernels_warns_once(monkeypatch):
         assert _backend.resolve("cuda", "seg_cross_entropy") == "eager"
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_auto_on_cuda_reads_the_table_entry_of_its_own_op(monkeypatch, op):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "GPU X")
+    monkeypatch.setattr(_backend, "measured_table", lambda: {"GPU X": {op: "cuda"}})
+    monkeypatch.setattr(_backend, "_triton_unavailable", lambda device: None)
+    monkeypatch.setattr(_backend, "_cuda_unavailable", lambda device: None)
+    assert _backend.resolve("cuda", op) == "cuda"
+    for other in OPS:
+        if other != op:
+            assert _backend.resolve("cuda", other) == "triton", other
+
+
+def test_each_function_resolves_its_backend_under_its_own_op_name(monkeypatch):
+    seen = []
+    monkeypatch.setattr(_backend, "resolve", lambda device_type, op="": seen.append(op) or "eager")
+    logits, target = torch.randn(2, 4, 3, 3), torch.randint(0, 4, (2, 6, 6))
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    calls = {
+        "channel_mask": lambda: dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(4, 3), keep),
+        "seg_cross_entropy": lambda: dcf.seg_cross_entropy(logits, target, keep),
+        "dropped_class_prob": lambda: dcf.dropped_class_prob(logits, keep),
+        "dropclass_loss": lambda: dcf.dropclass_loss(logits, logits, target, keep, 0.5),
+    }
+    for name, call in calls.items():
+        seen.clear()
+        call()
+        assert seen[0] == name, (name, seen)
+
+
+def test_torch_deterministic_algorithms_make_the_backend_deterministic():
+    previous = torch.are_deterministic_algorithms_enabled()
+    assert not _backend.deterministic()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert _backend.deterministic()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def test_a_triton_refusal_under_auto_goes_to_the_cuda_kernels_when_they_are_built(monkeypatch):
+    monkeypatch.setattr(_backend, "_cuda_unavailable", lambda device: None)
+    assert _backend.without_triton("cuda", "too wide") == "cuda"
+    monkeypatch.setattr(_backend, "_cuda_unavailable", lambda device: "not built")
+    assert _backend.without_triton("cuda", "too wide") == "eager"
+
+
 def test_a_prebuilt_binary_that_does_not_load_is_replaced_by_a_jit_build(monkeypatch, tmp_path):
     broken = tmp_path / "_C.cpython-3x.so"
     broken.write_bytes(b"not a shared library")  # as a binary built against another torch fails to load
@@ -130,7 +177,7 @@ def test_shipped_backend_table_is_valid():
     assert set(shipped) == {"about", "measured", "command", "devices"} and isinstance(shipped["devices"], dict)
     assert _backend.measured_table() == shipped["devices"]
     for ops in shipped["devices"].values():
-        assert set(ops) <= {"channel_mask", "seg_cross_entropy", "dropped_class_prob", "dropclass_loss"}
+        assert set(ops) <= set(OPS)
         assert set(ops.values()) <= {"triton", "cuda"}
 
 

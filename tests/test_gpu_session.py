@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from op_runs import OPS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "benchmarks"
@@ -25,7 +26,6 @@ sys.path.insert(0, str(BENCH_DIR))
 import gpu_session  # noqa: E402 - benchmarks/ is not a package
 import results  # noqa: E402
 
-OPS = ("channel_mask", "seg_cross_entropy", "dropped_class_prob", "dropclass_loss")
 GPU_IMPLS = ("triton", "cuda", "eager", "compile")
 DTYPES = ("float32", "bfloat16")
 MODES = ("fwd", "fwd+bwd")

@@ -130,6 +130,17 @@ def test_a_mask_is_checked_once_per_training_step(monkeypatch):
     assert checks == [1]
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_a_training_forward_uses_the_mask_of_its_step(per_sample):
+    """Step n's forward draws sample_keep(step=n) (the documented mask of step n), then counts the step."""
+    dc = DropClass(nn.Conv2d(4, 7, 1), per_sample=per_sample, seed=5).train()
+    features = torch.randn(3, 4, 2, 2)
+    for n in range(20):
+        want = dc.sample_keep(0.9, 3, step=n)
+        assert torch.equal(dc(features, progress=0.9).keep, want), n
+    assert dc.step == 20
+
+
 def test_step_survives_state_dict():
     dc = DropClass(nn.Conv2d(4, 5, 1), seed=9).train()
     for _ in range(3):

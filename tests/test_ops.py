@@ -7,11 +7,11 @@ import pytest
 import torch
 from backends import CPU_BACKENDS, KERNEL_BACKENDS
 from op_inputs import make_keep, make_target
-from op_runs import assert_grad_close, run_op
+from op_runs import OPS, assert_grad_close, run_op
 
 import dropclass_fast
+from dropclass_fast import _backend, reference
 from dropclass_fast import functional as dcf
-from dropclass_fast import reference
 
 TOLERANCE = {
     torch.float32: {"rtol": 1e-5, "atol": 1e-6},
@@ -358,6 +358,74 @@ def test_dropclass_loss_op_registration(cpp_backend):
     torch.library.opcheck(
         torch.ops.dropclass_fast.dropclass_loss, (logits, drop_logits, target, keep, 255, False, True)
     )
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("op", ["seg_cross_entropy", "dropped_class_prob"])
+def test_backward_scales_by_the_upstream_gradient(cpp_backend, backend, op):
+    """run_op's backward passes an upstream gradient of 1, which cannot tell ``grad`` from ``grad * grad_loss``."""
+    logits = torch.randn(2, 5, 4, 6) * 2
+    target = make_target(2, 5, (9, 13))
+    keep = make_keep("sample", 2, 5)
+    args = (target, keep) if op == "seg_cross_entropy" else (keep,)
+    grads = []
+    for impl in (backend, "reference"):
+        x = logits.clone().requires_grad_()
+        if impl == "reference":
+            loss = getattr(reference, op)(x, *args)
+        else:
+            with dropclass_fast.set_backend(impl):
+                loss = getattr(dcf, op)(x, *args)
+        grads.append(torch.autograd.grad(loss, x, torch.tensor(-2.5))[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("op", OPS)
+def test_double_backward_is_refused(cpp_backend, backend, op):
+    logits = torch.randn(2, 4, 3, 3, requires_grad=True)
+    target, keep = torch.randint(0, 4, (2, 6, 6)), torch.tensor([1.0, 0.0, 1.0, 1.0])
+    weight = torch.randn(4, 3, requires_grad=True)
+    features = torch.randn(2, 3, 4, 4, requires_grad=True)
+    with dropclass_fast.set_backend(backend):
+        out, inputs = {
+            "channel_mask": lambda: (dcf.channel_mask(features, weight, keep).square().sum(), (features, weight)),
+            "seg_cross_entropy": lambda: (dcf.seg_cross_entropy(logits, target, keep), (logits,)),
+            "dropped_class_prob": lambda: (dcf.dropped_class_prob(logits, keep), (logits,)),
+            "dropclass_loss": lambda: (dcf.dropclass_loss(logits, logits * 2, target, keep, 0.5)[0], (logits,)),
+        }[op]()
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.autograd.grad(out, inputs, create_graph=True)
+
+
+TRITON_ON_CPU = pytest.mark.skipif(
+    _backend._triton_unavailable("cpu") is not None, reason="Triton cannot run CPU tensors"
+)
+
+
+@pytest.mark.parametrize("backend", ["cpp", pytest.param("triton", marks=TRITON_ON_CPU)])
+def test_fake_implementations_match_the_kernels_in_bfloat16_and_channels_last(cpp_backend, backend):
+    """test_dropclass_loss_op_registration's opcheck uses float32 contiguous inputs, where a fake that returns the
+    logits' dtype or drops channels_last is not told apart. The Triton ops take a trailing ``deterministic``."""
+    logits = torch.randn(2, 5, 4, 6, dtype=torch.bfloat16)
+    drop_logits = torch.randn(2, 5, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    target = make_target(2, 5, (9, 13))
+    keep = torch.tensor([[1.0, 0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0, 0.0]])
+    features = torch.randn(2, 6, 3, 5).contiguous(memory_format=torch.channels_last)
+    taps = torch.randn(5, 6, 1)
+    if backend == "cpp":
+        ops, deterministic = torch.ops.dropclass_fast, ()
+    else:
+        pytest.importorskip("dropclass_fast.triton")
+        ops, deterministic = torch.ops.dropclass_fast_triton, (True,)
+    cases = [
+        (ops.seg_cross_entropy, (logits, target, keep, 255, False, True)),
+        (ops.dropped_class_prob, (logits, keep, True)),
+        (ops.dropclass_loss, (logits, drop_logits, target, keep, 255, False, True)),
+        (ops.channel_mask, (features, taps, keep)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args + deterministic, test_utils="test_faketensor")
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

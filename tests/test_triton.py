@@ -15,8 +15,8 @@ import torch
 from op_runs import assert_grad_close, run_op
 
 import dropclass_fast
+from dropclass_fast import _backend, reference
 from dropclass_fast import functional as dcf
-from dropclass_fast import reference
 
 triton = pytest.importorskip("triton")
 triton_backend = pytest.importorskip("dropclass_fast.triton")
@@ -347,7 +347,7 @@ def test_upsampling_past_the_widest_window_is_refused_by_triton_and_left_to_othe
     dropclass_loss either logits may be the one: drop_logits keep the classifier's resolution."""
     narrow = make_logits(2, 5, (3, 1))
     full = make_logits(2, 5, (4, 600))
-    target = make_target(2, 5, (4, 600))
+    target = op_inputs.make_target(2, 5, (4, 600))
     keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0], device=DEVICE)
     message = r"backend 'triton' cannot run this call: upsampling 1 logit columns to 600 label columns with K=5"
     with dropclass_fast.set_backend("triton"):
@@ -576,3 +576,107 @@ def test_kernels_compile_for_sm80_and_sm90():
         # sm_86/sm_89, 163 KiB on an A100); the 32-column window needs 192 KiB there.
         narrow = next(line for line in stdout.splitlines() if "'TX': 16" in line)
         assert int(narrow.split("shared ")[-1]) <= 99 * 1024, f"{arch}: {narrow}"
+
+
+def _record_triton_picks(monkeypatch) -> list[bool]:
+    from dropclass_fast.triton import _tuning
+
+    seen: list[bool] = []
+    pick = _tuning.pick
+
+    def recording(key, candidates, run, deterministic):
+        seen.append(deterministic)
+        return pick(key, candidates, run, deterministic)
+
+    monkeypatch.setattr(_tuning, "pick", recording)
+    return seen
+
+
+@pytest.mark.skipif(_backend._triton_unavailable("cpu") is not None, reason="Triton cannot run CPU tensors")
+@pytest.mark.parametrize("how", ["set_backend", "torch"])
+def test_every_triton_op_gets_the_deterministic_flag(monkeypatch, how):
+    seen = _record_triton_picks(monkeypatch)
+    logits, target = torch.randn(2, 4, 3, 3), torch.randint(0, 4, (2, 6, 6))
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    calls = [
+        lambda: dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(4, 3), keep),
+        lambda: dcf.seg_cross_entropy(logits, target, keep),
+        lambda: dcf.dropped_class_prob(logits, keep),
+        lambda: dcf.dropclass_loss(logits, logits * 2, target, keep, 0.5),
+    ]
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        for flag in (True, False):
+            for call in calls:
+                seen.clear()
+                if how == "set_backend":
+                    with dropclass_fast.set_backend("triton", deterministic=flag):
+                        call()
+                else:
+                    torch.use_deterministic_algorithms(flag)
+                    with dropclass_fast.set_backend("triton"):
+                        call()
+                assert seen and all(s == flag for s in seen), (flag, seen)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@pytest.mark.skipif(_backend._triton_unavailable("cpu") is not None, reason="Triton cannot run CPU tensors")
+def test_a_compiled_function_follows_the_deterministic_flag(monkeypatch):
+    seen = _record_triton_picks(monkeypatch)
+    torch._dynamo.reset()
+    compiled = torch.compile(dcf.dropped_class_prob, fullgraph=True, backend="eager")
+    logits, keep = torch.randn(2, 4, 3, 3), torch.tensor([1.0, 0.0, 1.0, 1.0])
+    for flag in (False, True, False):
+        seen.clear()
+        with dropclass_fast.set_backend("triton", deterministic=flag):
+            compiled(logits, keep)
+        assert seen == [flag]
+
+
+@pytest.mark.skipif(_backend._triton_unavailable("cpu") is not None, reason="Triton cannot run CPU tensors")
+def test_channel_mask_with_half_precision_weight_matches_reference():
+    """A bfloat16 classifier weight (a model cast to half precision): s and the weight gradient are computed in
+    float32 and rounded once, as the reference does. Float16 features: the interpreter truncates float32 -> bfloat16
+    stores, so bfloat16 outputs are 1 ulp off there."""
+    features = torch.randn(2, 6, 5, 7).to(torch.float16)
+    weight = torch.randn(5, 6).to(torch.bfloat16)
+    keep = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0])
+    results = []
+    for backend in ("triton", "reference"):
+        f, w = features.clone().requires_grad_(), weight.clone().requires_grad_()
+        if backend == "reference":
+            out = reference.channel_mask(f, w, keep)
+        else:
+            with dropclass_fast.set_backend(backend):
+                out = dcf.channel_mask(f, w, keep)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out, f.grad, w.grad))
+    for got, want in zip(*results):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(_backend._triton_unavailable("cpu") is not None, reason="Triton cannot run CPU tensors")
+def test_a_triton_refusal_under_auto_without_cuda_kernels_runs_the_reference(monkeypatch):
+    """Where auto picked Triton and Triton cannot take the upsampling, no CUDA kernels: the eager reference, not the
+    compiled ``_ops`` (which on a GPU without the CUDA build raise). In ``dropclass_loss`` only the upsampled terms
+    are refused: ``L_sup`` at the logits' resolution still runs on Triton."""
+    narrow = torch.randn(2, 5, 3, 1)
+    target = op_inputs.make_target(2, 5, (4, 600))
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0])
+    monkeypatch.setattr(_backend, "resolve", lambda device_type, op="": "triton")
+    monkeypatch.setattr(_backend, "_cuda_unavailable", lambda device: "not built")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ran the compiled kernels")
+
+    for name in ("seg_cross_entropy", "dropclass_loss_terms"):
+        monkeypatch.setattr(dropclass_fast._ops, name, refuse)
+    want = reference.seg_cross_entropy(narrow, target, keep)
+    torch.testing.assert_close(dcf.seg_cross_entropy(narrow, target, keep), want)
+    drop_logits = narrow * 0.5
+    got_terms = dcf.dropclass_loss(narrow, drop_logits, target, keep, progress=0.5)[1]
+    want_terms = reference.dropclass_loss(narrow, drop_logits, target, keep, 0.5)[1]
+    for name in want_terms:
+        torch.testing.assert_close(got_terms[name], want_terms[name], msg=name)
