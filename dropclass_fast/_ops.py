@@ -46,8 +46,11 @@ def _saved_grads(ctx, op: str) -> tuple[torch.Tensor, ...]:
 
 
 def _scaled(grad: torch.Tensor, grad_loss: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """``grad * grad_loss`` in ``dtype``; None when the loss got no gradient."""
-    return None if grad_loss is None else (grad * grad_loss).to(dtype)
+    """``grad * grad_loss`` rounded once to ``dtype``; None when the loss got no gradient. Written straight into the
+    ``dtype`` result: half-precision logits get no float32 temporary the size of their gradient."""
+    if grad_loss is None:
+        return None
+    return torch.mul(grad, grad_loss, out=torch.empty_like(grad, dtype=dtype))
 
 
 def _seg_cross_entropy_backward(ctx, grad_loss, _grad_of_grad):
