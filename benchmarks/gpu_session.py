@@ -21,8 +21,11 @@ Stages (``--stages`` picks some, in this order):
     the HRNet-W18-small-v2 training step under bf16 autocast, baseline, official-style and
     ``dropclass_fast``, alone and interleaved: the training-step targets.
 ``tests``
-    ``pytest -m gpu tests`` (both GPU backends at full size, bit-identity, ``compute-sanitizer``),
-    on several pytest-xdist workers where pytest-xdist is installed.
+    ``pytest -m gpu`` over :data:`GPU_TEST_FILES`, the most needed first: ``compute-sanitizer``
+    (minutes, beside the rest), both GPU backends at full size, bit-identity, the odd shapes;
+    on several pytest-xdist workers where pytest-xdist is installed, the tests past 2**31
+    elements (about 18 GiB each) on one of them. The check that the Triton kernels compile for
+    sm_80 and sm_90 needs no GPU and is left to the CPU suite.
 ``ops``
     the other ops and modes at the Cityscapes shape (``benchmarks/backend_table.py``'s rows), one
     second of timing a case.
@@ -73,6 +76,19 @@ SMOKE_STAGES = ("targets", "step", "ops")
 STOP_GRACE_S = 45.0
 #: A stage is not started with less time than this left before the session's deadline.
 MIN_STAGE_S = 20.0
+#: The files holding GPU tests, in the order the tests stage runs them (pytest keeps the order of its arguments).
+GPU_TEST_FILES = (
+    "tests/test_cuda_sanitizer.py",
+    "tests/test_triton_gpu.py",
+    "tests/test_cuda_ops.py",
+    "tests/test_bounds.py",
+    "tests/test_triton.py",
+    "tests/test_backend.py",
+)
+#: GPU-marked tests the tests stage leaves out: compile-only checks the CPU suite makes.
+CPU_CHECKED = ("tests/test_triton.py::test_kernels_compile_for_sm80_and_sm90",)
+#: pytest-xdist workers of the tests stage (the machine has 16 CPUs, for Triton's compiles, and 80 GiB or more).
+TEST_WORKERS = 6
 
 
 @dataclass(frozen=True)
@@ -114,13 +130,11 @@ def benchmark_selection(stage: str, device: str, shape: str, precision: str) -> 
 
 
 def _cuda_arch() -> str | None:
-    """The device's compute capability as ``TORCH_CUDA_ARCH_LIST`` writes it (``"9.0"``), None without CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability(0)
-    return f"{major}.{minor}"
+    """The device's compute capability as ``TORCH_CUDA_ARCH_LIST`` writes it (``"9.0"``), None without CUDA. Asked
+    in a child process: a CUDA context in this one would hold GPU memory through every stage."""
+    ask = "import torch; print('%d.%d' % torch.cuda.get_device_capability(0) if torch.cuda.is_available() else '')"
+    result = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True, timeout=120)
+    return result.stdout.strip() or None
 
 
 def check_stage_names(names: Sequence[str]) -> None:
@@ -149,10 +163,11 @@ def plan(names: Sequence[str], scratch: Path, out: Path, smoke: bool, cuda_arch:
             command = [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."]
             stages.append(Stage(name, command, caps[name], {**common_env, "MAX_JOBS": str(os.cpu_count() or 1)}))
         elif name == "tests":
-            command = [python, "-m", "pytest", "tests", "-m", "gpu", "-q", "-ra", "-p", "no:cacheprovider",
+            command = [python, "-m", "pytest", *GPU_TEST_FILES, "-m", "gpu", "-q", "-ra", "-p", "no:cacheprovider",
                        f"--junitxml={out / 'tests.xml'}"]  # fmt: skip
+            command += [f"--deselect={test}" for test in CPU_CHECKED]
             if not smoke and importlib.util.find_spec("xdist") is not None:  # pytest-xdist
-                command += ["-n", "4"]
+                command += ["-n", str(TEST_WORKERS), "--dist", "loadgroup"]
             stages.append(Stage(name, command, caps[name], dict(common_env)))
         else:
             json_path = scratch / f"{name}.json"

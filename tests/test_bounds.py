@@ -173,6 +173,18 @@ def _skip_where_too_large(backend: str) -> None:
         pytest.skip("2**31 elements are too many for the Triton interpreter (test_triton.py checks int64 row offsets)")
 
 
+@pytest.fixture
+def _gives_back_gpu_memory():
+    """Empties torch's CUDA cache after a test past 2**31 elements: its worker would otherwise keep up to 18 GiB
+    reserved while other pytest-xdist workers share the GPU."""
+    yield
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
+# The tests past 2**31 elements run on one pytest-xdist worker (``--dist loadgroup``), one after another.
+@pytest.mark.xdist_group("past_2_31")
+@pytest.mark.usefixtures("_gives_back_gpu_memory")
 def test_seg_cross_entropy_labels_past_2_31_elements(backend):
     """2**31 + 2**16 uint8 labels (2 GiB), all ignored but the last row, which lies past element 2**31: an index
     computed in 32 bits wraps to a negative offset there and reads before the labels (a wrong label, or a fault)
@@ -193,6 +205,8 @@ def test_seg_cross_entropy_labels_past_2_31_elements(backend):
 
 
 @pytest.mark.gpu
+@pytest.mark.xdist_group("past_2_31")
+@pytest.mark.usefixtures("_gives_back_gpu_memory")
 def test_seg_cross_entropy_logits_past_2_31_elements(backend):
     """bfloat16 logits of 2 x 32769 x 32768 = 2**31 + 2**16 elements (4 GiB; its float32 gradient does not fit a CI
     machine's memory, so CUDA only), labels at their resolution, all ignored but the last row. Class 1's last row

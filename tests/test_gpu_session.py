@@ -217,3 +217,24 @@ def test_smoke_session_writes_what_the_device_tool_brings_back(tmp_path: Path) -
     assert len(rows.select("copy", device="cpu")) == 1
     log = (out / "session.log").read_text()
     assert "=== commit 0123abc" in log and re.search(r"targets +exit 0, \d+ s; \d+ benchmark rows", log)
+
+
+def _collected(command: list[str]) -> list[str]:
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return [line for line in proc.stdout.splitlines() if line.startswith("tests/")]
+
+
+def test_tests_stage_runs_every_gpu_test_file_the_sanitizer_first(tmp_path: Path) -> None:
+    """Every file with GPU-marked tests is in the stage, in its order (the minutes-long sanitizer, then the
+    full-size checks); the compile-only check it leaves to the CPU suite is a test that exists."""
+    others = (path for path in (REPO_ROOT / "tests").glob("test_*.py") if path.name != Path(__file__).name)
+    marked = {f"tests/{path.name}" for path in others if "pytest.mark.gpu" in path.read_text()}
+    assert set(gpu_session.GPU_TEST_FILES) == marked
+    (stage,) = gpu_session.plan(["tests"], tmp_path, tmp_path, smoke=False, cuda_arch="9.0")
+    ids = _collected([*stage.command, "--collect-only"])
+    files = list(dict.fromkeys(test_id.split("::")[0] for test_id in ids))
+    assert files[:2] == ["tests/test_cuda_sanitizer.py", "tests/test_triton_gpu.py"], files
+    for test_id in gpu_session.CPU_CHECKED:
+        assert len(_collected([sys.executable, "-m", "pytest", "--collect-only", "-q", test_id])) == 1, test_id
+        assert not any(collected.startswith(test_id) for collected in ids), test_id
