@@ -50,6 +50,8 @@ def _refused(name: str, requirement: str, value: object) -> str:
     tracing cannot show: the message says to pass a Python number instead."""
     if torch.compiler.is_compiling() and not isinstance(value, (int, float)):
         return f"{name} must be {requirement}; under torch.compile pass a Python number (NumPy ones trace as tensors)"
+    if isinstance(value, torch.Tensor):
+        return f"{name} must be {requirement}, a Python or NumPy number, not a tensor (.item() gives one): {value!r}"
     return f"{name} must be {requirement}, got {value!r}"
 
 

@@ -2,8 +2,11 @@
 
 Every function is differentiable in its floating inputs (logits, features,
 weight) and accepts float32, float16 and bfloat16 (accumulating in float32) as
-well as float64. ``keep`` is ``[K]`` (one mask for the batch) or ``[B, K]``
-(one per sample), bool or numeric, with values 0 (class dropped) and 1.
+well as float64. The kernel backends (``cpp``, ``cuda``, ``triton``) compute the
+gradient in the forward pass and do not support double backward
+(``create_graph=True`` through them raises); the ``eager`` backend does.
+``keep`` is ``[K]`` (one mask for the batch) or ``[B, K]`` (one per sample),
+bool or numeric, with values 0 (class dropped) and 1.
 
 Shape, dtype and device errors are raised here. Value errors (labels outside
 ``[0, K)`` that are not the ignore index, keep masks that are not 0/1 or that
@@ -34,9 +37,11 @@ LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def _check_logits(name: str, value: object) -> torch.Tensor:
-    """``value`` as ``[B, K, h, w]`` floating logits with ``h, w >= 1`` (there is nothing to upsample or
-    average over an empty plane)."""
+    """``value`` as ``[B, K, h, w]`` floating logits with ``K >= 1`` (no softmax over no classes) and ``h, w >= 1``
+    (there is nothing to upsample or average over an empty plane)."""
     logits = require_floating(name, value, (4,), "[B, K, h, w]")
+    if logits.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one class, got shape {tuple(logits.shape)}")
     if 0 in logits.shape[2:]:
         raise ValueError(f"{name} must have h, w >= 1, got shape {tuple(logits.shape)}")
     return logits
@@ -117,10 +122,13 @@ def check_label_values(target: torch.Tensor, num_classes: int, ignore_index: int
 
 
 def check_ignore_index(ignore_index: object) -> int:
-    """``ignore_index`` as an int; TypeError unless it is an integer (not a bool or a float)."""
+    """``ignore_index`` as an int; TypeError unless it is an integer (not a bool or a float), ValueError unless it
+    fits in int64 (the kernels' label type)."""
     if not is_int(ignore_index):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
-    return int(ignore_index)
+    if not -(2**63) <= ignore_index < 2**63:  # type: ignore[operator]
+        raise ValueError(f"ignore_index must fit in int64, got {ignore_index!r}")
+    return int(ignore_index)  # type: ignore[call-overload]
 
 
 def check_align_corners(align_corners: object) -> bool:

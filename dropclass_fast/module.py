@@ -142,25 +142,29 @@ class DropClass(nn.Module):
         return (torch.stack(rows) if rows else torch.ones(0, self.num_classes)).to(device)
 
     @torch.compiler.disable
-    def _advance(
+    def _step_keep(
         self,
         features: torch.Tensor,
         progress: float | None,
         keep: torch.Tensor | None,
         sample_index: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The keep mask of this training step (``keep``, or one drawn for ``progress``); counts the step.
+        """The keep mask of this training step (``keep``, checked, or one drawn for ``progress``).
 
         Run eagerly under ``torch.compile``: traced, every value of ``step`` would be a new graph.
         """
         if keep is None:
             if progress is None:
                 raise ValueError("progress is required in training mode when keep is not given")
-            keep = self.sample_keep(progress, features.shape[0], features.device, sample_index=sample_index)
-        else:  # checked before the step is counted: a refused mask leaves the step count as it was
-            keep = self._checked_keep(features, keep)
+            return self.sample_keep(progress, features.shape[0], features.device, sample_index=sample_index)
+        return self._checked_keep(features, keep)
+
+    @torch.compiler.disable
+    def _count_step(self) -> None:
+        """Counts a training forward that finished: one that raised (a refused mask, features the classifier
+        cannot take) leaves ``step``, and so the masks of later steps, as they were. Eager under
+        ``torch.compile``, as :meth:`_step_keep`."""
         self.step += 1
-        return keep
 
     def _draw(self, progress: float, key: tuple[int, ...]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(mix_seed(*key))
@@ -223,12 +227,15 @@ class DropClass(nn.Module):
                 f"features have C={features.shape[1]} channels but the classifier expects {self.classifier.in_channels}"
             )
         if not self.training:
+            if progress is not None:  # unused in evaluation, but a bad value is still an error
+                check_fraction("progress", progress)
             if keep is None:
                 keep = torch.ones(self.num_classes, device=features.device)
             else:
                 keep = self._checked_keep(features, keep)
             return self.classifier(self._drop_path(features, keep))
-        keep = self._advance(features, progress, keep, sample_index)
+        keep = self._step_keep(features, progress, keep, sample_index)
         logits = self.classifier(features)
         drop_logits = self.classifier(self._drop_path(features, keep))
+        self._count_step()
         return DropClassOutput(logits, drop_logits, keep)

@@ -69,6 +69,20 @@ def test_bad_ignore_index_or_align_corners(backend, name, value, pattern):
         DropClassLoss(**{name: value})
 
 
+@pytest.mark.parametrize("ignore_index", [2**63, -(2**63) - 1, 2**70])
+def test_ignore_index_beyond_int64(backend, ignore_index):
+    logits, target = seg_inputs()
+    pattern = f"ignore_index must fit in int64, got {ignore_index}"
+    with pytest.raises(ValueError, match=pattern):
+        dcf.seg_cross_entropy(logits, target, ignore_index=ignore_index)
+    with pytest.raises(ValueError, match=pattern):
+        dcf.dropclass_loss(logits, logits, target, torch.ones(5), 0.5, ignore_index=ignore_index)
+    with pytest.raises(ValueError, match=pattern):
+        DropClassLoss(ignore_index=ignore_index)
+    edge = dcf.seg_cross_entropy(logits, target, ignore_index=2**63 - 1)
+    torch.testing.assert_close(edge, _mean_ce_without(logits, target, -100))
+
+
 def _mean_ce_without(logits: torch.Tensor, target: torch.Tensor, ignored: int) -> torch.Tensor:
     """The known answer: upsampled cross-entropy averaged over the pixels whose label is not ``ignored``."""
     up = torch.nn.functional.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
@@ -120,6 +134,13 @@ def test_bad_logits(backend):
         dcf.dropped_class_prob(torch.zeros(2, 5, 4, 0), torch.ones(5))
     with pytest.raises(ValueError, match=r"drop_logits must have h, w >= 1, got shape \(2, 5, 0, 0\)"):
         dcf.dropclass_loss(torch.zeros(2, 5, 4, 4), torch.zeros(2, 5, 0, 0), target, torch.ones(5), 0.5)
+    no_classes = r"must have at least one class, got shape \(2, 0, 4, 4\)"
+    with pytest.raises(ValueError, match="^logits " + no_classes):
+        dcf.seg_cross_entropy(torch.zeros(2, 0, 4, 4), torch.zeros_like(target))
+    with pytest.raises(ValueError, match="^logits " + no_classes):
+        dcf.dropped_class_prob(torch.zeros(2, 0, 4, 4), torch.ones(0))
+    with pytest.raises(ValueError, match="^logits " + no_classes):
+        dcf.dropclass_loss(torch.zeros(2, 0, 4, 4), torch.zeros(2, 0, 4, 4), target, torch.ones(0), 0.5)
 
 
 def test_device_mismatch(backend):
@@ -207,7 +228,8 @@ def test_loss_argument_errors(backend):
             dcf.dropclass_loss(logits, logits, target, keep, progress=0.5, alpha=alpha)
         with pytest.raises(ValueError, match=f"alpha must be a finite non-negative number, got {alpha}"):
             DropClassLoss(alpha=alpha)
-    with pytest.raises(ValueError, match=r"progress must be a number in \[0, 1\], got tensor\(0.5000\)"):
+    not_a_tensor = r"progress must be a number in \[0, 1\], a Python or NumPy number, not a tensor \(.item\(\) gives"
+    with pytest.raises(ValueError, match=not_a_tensor + r" one\): tensor\(0.5000\)$"):
         dcf.dropclass_loss(logits, logits, target, keep, progress=torch.tensor(0.5))
     expected, _ = dcf.dropclass_loss(logits, logits, target, keep, progress=0.5, alpha=2)
     for number in (np.float32(0.5), np.float64(0.5)):
@@ -288,6 +310,9 @@ def test_module_errors():
         dc(torch.randn(2, 7, 4, 4), progress=0.5)
     with pytest.raises(ValueError, match="progress must be a number in \\[0, 1\\], got -0.1"):
         dc(torch.randn(2, 8, 4, 4), progress=-0.1)
+    with pytest.raises(ValueError, match="progress must be a number in \\[0, 1\\], got 5.0"):
+        dc.eval()(torch.randn(2, 8, 4, 4), progress=5.0)
+    dc.train()
     per_sample = DropClass(nn.Conv2d(8, 5, 1), per_sample=True).train()
     with pytest.raises(TypeError, match=r"sample_index must be an integer tensor, got \[5, 9\]"):
         per_sample(torch.randn(2, 8, 4, 4), progress=0.5, sample_index=[5, 9])

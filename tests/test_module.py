@@ -215,3 +215,15 @@ def test_loss_weights_follow_progress(cpp_backend):
     torch.testing.assert_close(
         parts["ce_drop"], 0.75 * reference.seg_cross_entropy(out.drop_logits, target, keep, -1, True)
     )
+
+
+def test_a_training_forward_that_raises_is_not_counted():
+    """Features the classifier cannot take (float64 against float32 weights) fail after the mask is drawn: the step
+    stays, so the next forward draws the mask the failed one would have used."""
+    dc = DropClass(nn.Conv2d(4, 7, 1), seed=5).train()
+    features = torch.randn(3, 4, 2, 2)
+    dc(features, progress=0.9)
+    with pytest.raises(RuntimeError):
+        dc(features.double(), progress=0.9)
+    assert dc.step == 1
+    assert torch.equal(dc(features, progress=0.9).keep, dc.sample_keep(0.9, 3, step=1))
