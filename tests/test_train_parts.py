@@ -12,6 +12,7 @@ import torch
 
 from dropclass_fast.train import ResumableSampler, TrainConfig, load_checkpoint, poly_lr, save_atomic
 from dropclass_fast.train.checkpoint import rng_state, set_rng_state
+from dropclass_fast.train.cli import main
 from dropclass_fast.train.config import build_parser, config_from_args
 from dropclass_fast.train.logger import CsvLog
 
@@ -88,6 +89,20 @@ def test_command_line_builds_the_config():
         config_from_args(parser.parse_args(["--dataset", "synthetic", "--sbd"]))  # it was silently ignored
     with pytest.raises(ValueError, match="--data-root is required for --dataset voc"):
         config_from_args(parser.parse_args([]))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "cityscapes"], "--data-root is required for --dataset cityscapes"),
+        (["--dataset", "synthetic", "--iters", "2", "--epochs", "3"], "give iters or epochs, not both"),
+    ],
+)
+def test_command_line_refusals_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv, datasets=("cityscapes", "synthetic"), description="x", prog="train")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("usage: train") and f"train: error: {message}" in err
 
 
 def test_command_line_help_names_the_defaults():

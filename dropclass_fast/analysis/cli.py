@@ -164,7 +164,7 @@ def _synthetic(args: argparse.Namespace, argv: Sequence[str]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one sub-command per analysis."""
-    parser = argparse.ArgumentParser(prog="python -m dropclass_fast.analysis", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dropclass_fast.analysis", description=__doc__.replace("``", ""))
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     frequency = verbs.add_parser("frequency", help="class frequency of a dataset split (one pass)")

@@ -11,6 +11,12 @@ from .engine import TrainResult, train
 def main(
     argv: Sequence[str] | None, datasets: tuple[str, ...], description: str, prog: str | None = None
 ) -> TrainResult:
-    """Parses ``argv`` (``datasets[0]`` is the default ``--dataset``; ``prog`` names the command) and trains."""
-    args = build_parser(datasets, description, prog).parse_args(argv)
-    return train(config_from_args(args))
+    """Parses ``argv`` (``datasets[0]`` is the default ``--dataset``; ``prog`` names the command) and trains. A
+    setting the configuration refuses exits as a usage error (status 2, with the usage line), not a traceback."""
+    parser = build_parser(datasets, description, prog)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    return train(config)
