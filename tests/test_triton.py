@@ -514,7 +514,8 @@ POINTERS = {"target_ptr": "*i64", "bad_ptr": "*i64", "count_part_ptr": "*i32", "
             "in_ptr": "*fp16", "out_ptr": "*fp16", "grad_features_ptr": "*bf16"}
 SEG_CE = {"BLOCK_K": 32, "TX": 64, "SX": 32, "PRECISION": "tf32x3"}
 # (kernel, constexprs, pointer types other than POINTERS'): every constexpr branch the ops launch (the cross-entropy
-# pass: with or without keep and gradient, L_sup only with keep), and each logits and label dtype once.
+# pass: with or without keep and gradient, L_sup only with keep), and each logits and label dtype once, with no
+# run-time specialisation; then RUN_TIME_VARIANTS.
 VARIANTS = [
     (_common._scale_kernel, {"HAS_Y": True, "BLOCK": 1024}, {}),
     (_common._scale_kernel, {"HAS_Y": False, "BLOCK": 1024}, {"out_ptr": "*bf16"}),
@@ -538,27 +539,57 @@ VARIANTS = [
     (channel_mask._backward_kernel, {"BLOCK_C": 32, "BLOCK_P": 256}, {}),
     (channel_mask._weight_grad_kernel, {"BLOCK_K": 32, "BLOCK_C": 32}, {}),
 ]
-for kernel, constexprs, pointers in VARIANTS:
-    signature = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
+# The kernels as the GPU launches them: Triton makes an integer argument equal to 1 a constant ("ones": unit strides
+# of contiguous and channels_last tensors, a 1x1 classifier's T=1, one sample, a 1x1 source) and marks 16-byte-aligned
+# pointers and integers divisible by 16 (aligned: every pointer and every other integer here), which switches on
+# vectorised loads and stores. (kernel, constexprs, pointer types, ones, aligned).
+SEG_CE_ALL = {"HAS_KEEP": True, "COMPUTE_GRAD": True, "SUP": True, **SEG_CE}
+NCHW_SEG_CE = ("stride_lx", "stride_tx", "stride_gx")
+RUN_TIME_VARIANTS = [
+    (_common._scale_kernel, {"HAS_Y": True, "BLOCK": 1024}, {}, (), True),
+    (seg_cross_entropy._seg_cross_entropy_kernel, SEG_CE_ALL, {}, NCHW_SEG_CE, True),
+    (seg_cross_entropy._seg_cross_entropy_kernel, {"HAS_KEEP": False, "COMPUTE_GRAD": True, "SUP": False, **SEG_CE},
+     {"logits_ptr": "*fp32"}, ("stride_lk", "stride_gk", "stride_tx"), True),
+    (seg_cross_entropy._seg_cross_entropy_kernel, SEG_CE_ALL, {}, ("h", "w", *NCHW_SEG_CE), False),
+    (dropped_class_prob._dropped_class_prob_kernel, {"COMPUTE_GRAD": True, "BLOCK_K": 32, "BLOCK_P": 128}, {},
+     ("stride_x", "stride_gx"), True),
+    (dropped_class_prob._dropped_class_prob_kernel, {"COMPUTE_GRAD": True, "BLOCK_K": 32, "BLOCK_P": 128}, {},
+     ("stride_k", "stride_gk"), True),
+    (channel_mask._importance_kernel, {"BLOCK_K": 32, "BLOCK_C": 32}, {}, ("T",), True),
+    (channel_mask._weight_grad_kernel, {"BLOCK_K": 32, "BLOCK_C": 32}, {}, ("T",), True),
+    (channel_mask._weight_grad_kernel, {"BLOCK_K": 32, "BLOCK_C": 32}, {}, ("T", "B", "n_blocks"), False),
+    *[(kernel, blocks, {}, (unit,), True)
+      for kernel, blocks in [(channel_mask._scale_kernel, {"BLOCK_C": 32, "BLOCK_P": 128}),
+                             (channel_mask._backward_kernel, {"BLOCK_C": 32, "BLOCK_P": 256})]
+      for unit in ("stride_p", "stride_c")],
+]
+for kernel, constexprs, pointers, ones, aligned in [(*v, (), False) for v in VARIANTS] + RUN_TIME_VARIANTS:
+    constants = {**constexprs, **dict.fromkeys(ones, 1)}
+    signature, attrs = {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if name in constants:
             signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
+            continue
+        if name.endswith("_ptr"):
             signature[name] = "*i32" if name in INT32_TABLES else {**POINTERS, **pointers}.get(name, "*fp32")
         else:
             signature[name] = "i64" if name in ("n", "ignore_index") else "i32"
-    indices = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
-    source = ASTSource(fn=kernel, signature=signature, constexprs=indices)
+        if aligned:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    indices = {(kernel.arg_names.index(name),): value for name, value in constants.items()}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=indices, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", ARCH, 32), options={"num_warps": 4})
-    print("compiled", kernel.__name__, constexprs, pointers, "shared", compiled.metadata.shared, flush=True)
-print("variants", len(VARIANTS))
+    print("compiled", kernel.__name__, constexprs, pointers, ones, aligned, "shared", compiled.metadata.shared,
+          flush=True)
+print("variants", len(VARIANTS) + len(RUN_TIME_VARIANTS))
 """
 
 
 def test_kernels_compile_for_sm80_and_sm90():
-    """Every kernel, in every constexpr branch the ops launch, goes through Triton's GPU pipeline and ptxas for an
-    A100 and an H100 (no GPU needed): the interpreter accepts code the compiler rejects (types of loop-carried
-    values, dot shapes)."""
+    """Every kernel, in every constexpr branch the ops launch and with the run-time specialisations of the usual
+    launches (unit strides, T=1, aligned pointers), goes through Triton's GPU pipeline and ptxas for an A100 and an
+    H100 (no GPU needed): the interpreter accepts code the compiler rejects (types of loop-carried values, dot
+    shapes)."""
     import subprocess
     import sys
 
@@ -571,7 +602,7 @@ def test_kernels_compile_for_sm80_and_sm90():
         stdout, stderr = run.communicate(timeout=600)
         assert run.returncode == 0, f"{arch}: {stderr[-4000:]}"
         variants = int(stdout.split("variants ")[-1])
-        assert variants >= 18 and stdout.count("compiled") == variants, f"{arch}: {stdout[-2000:]}"
+        assert variants >= 31 and stdout.count("compiled") == variants, f"{arch}: {stdout[-2000:]}"
         # 16x downsampling must have a window that launches on every sm_80+ GPU (99 KiB of shared memory on
         # sm_86/sm_89, 163 KiB on an A100); the 32-column window needs 192 KiB there.
         narrow = next(line for line in stdout.splitlines() if "'TX': 16" in line)
