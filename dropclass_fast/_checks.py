@@ -55,6 +55,16 @@ def _refused(name: str, requirement: str, value: object) -> str:
     return f"{name} must be {requirement}, got {value!r}"
 
 
+def check_ignore_index(ignore_index: object) -> int:
+    """``ignore_index`` as an int; TypeError unless it is an integer (not a bool or a float), ValueError unless it
+    fits in int64 (the kernels' label type)."""
+    if not is_int(ignore_index):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    if not -(2**63) <= ignore_index < 2**63:  # type: ignore[operator]
+        raise ValueError(f"ignore_index must fit in int64, got {ignore_index!r}")
+    return int(ignore_index)  # type: ignore[call-overload]
+
+
 def check_finite(name: str, value: object, positive: bool = False) -> float:
     """``value`` as a float; ValueError naming ``name`` unless it is a finite number (Python or NumPy, not a bool)
     at least 0, or above 0 when ``positive``. Traces under ``torch.compile`` (comparisons, which NaN fails)."""

@@ -21,7 +21,14 @@ from __future__ import annotations
 import torch
 
 from . import _backend, _ops, reference
-from ._checks import check_bool, check_finite, check_fraction, is_int, require_floating, require_tensor
+from ._checks import (
+    check_bool,
+    check_finite,
+    check_fraction,
+    check_ignore_index,
+    require_floating,
+    require_tensor,
+)
 
 __all__ = [
     "class_importance",
@@ -67,16 +74,18 @@ def _check_target(target: object, logits: torch.Tensor) -> torch.Tensor:
     return target
 
 
-def check_keep(keep: object, batch: int, num_classes: int, like: torch.Tensor, like_name: str) -> torch.Tensor:
-    """``keep`` itself: a bool or real tensor ``[K]`` or ``[B, K]`` on the device of ``like`` (named ``like_name``
-    in the error); its values are :func:`check_keep_values`'s."""
+def check_keep(
+    keep: object, batch: int | None, num_classes: int, like: torch.Tensor, like_name: str
+) -> torch.Tensor:
+    """``keep`` itself: a bool or real tensor ``[K]`` or ``[B, K]`` (any ``B`` where ``batch`` is None) on the
+    device of ``like`` (named ``like_name`` in the error); its values are :func:`check_keep_values`'s."""
     keep = require_tensor("keep", keep)
     if keep.is_complex():
         raise TypeError(f"keep must be a bool or real tensor, got dtype {keep.dtype}")
-    if tuple(keep.shape) not in ((num_classes,), (batch, num_classes)):
-        raise ValueError(
-            f"keep must have shape [K]=[{num_classes}] or [B, K]=[{batch}, {num_classes}], got {tuple(keep.shape)}"
-        )
+    shape = tuple(keep.shape)
+    if shape != (num_classes,) and not (len(shape) == 2 and shape[1] == num_classes and batch in (None, shape[0])):
+        wanted = f"[B, K] with K={num_classes}" if batch is None else f"[B, K]=[{batch}, {num_classes}]"
+        raise ValueError(f"keep must have shape [K]=[{num_classes}] or {wanted}, got {shape}")
     _require_same_device("keep", keep, like_name, like)
     return keep
 
@@ -119,16 +128,6 @@ def check_label_values(target: torch.Tensor, num_classes: int, ignore_index: int
         raise ValueError(
             f"target contains label {value} outside [0, {num_classes}) that is not ignore_index={ignore_index}"
         )
-
-
-def check_ignore_index(ignore_index: object) -> int:
-    """``ignore_index`` as an int; TypeError unless it is an integer (not a bool or a float), ValueError unless it
-    fits in int64 (the kernels' label type)."""
-    if not is_int(ignore_index):
-        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
-    if not -(2**63) <= ignore_index < 2**63:  # type: ignore[operator]
-        raise ValueError(f"ignore_index must fit in int64, got {ignore_index!r}")
-    return int(ignore_index)  # type: ignore[call-overload]
 
 
 def check_align_corners(align_corners: object) -> bool:
@@ -195,10 +194,7 @@ def class_importance(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         differentiable in ``weight``.
     """
     weight = _check_weight(weight)
-    keep = require_tensor("keep", keep)
-    if keep.dim() not in (1, 2) or keep.shape[-1] != weight.shape[0]:
-        raise ValueError(f"keep must have shape [K] or [B, K] with K={weight.shape[0]}, got {tuple(keep.shape)}")
-    _require_same_device("keep", keep, "weight", weight)
+    keep = check_keep(keep, None, weight.shape[0], weight, "weight")
     if _checking_values():
         check_keep_values(keep)
     return reference.class_importance(weight, keep)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from . import functional as dcf
-from ._checks import check_finite
+from ._checks import check_finite, check_ignore_index
 from .module import DropClassOutput
 
 
@@ -27,7 +27,7 @@ class DropClassLoss(nn.Module):
     def __init__(self, alpha: float = 10.0, ignore_index: int = 255, align_corners: bool = False) -> None:
         super().__init__()
         self.alpha = check_finite("alpha", alpha)
-        self.ignore_index = dcf.check_ignore_index(ignore_index)
+        self.ignore_index = check_ignore_index(ignore_index)
         self.align_corners = dcf.check_align_corners(align_corners)
 
     def forward(

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from ._checks import check_int, check_int_in
+from ._checks import check_ignore_index, check_int, check_int_in
 
 
 class ConfusionMatrix:
@@ -25,7 +25,7 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         self.num_classes = check_int("num_classes", num_classes)
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = check_ignore_index(ignore_index)
         self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:

@@ -104,9 +104,11 @@ class DropClass(nn.Module):
         return self.classifier.out_channels
 
     def get_extra_state(self) -> dict[str, Any]:
+        """``step`` and ``seed`` in the state dict, so that a resumed run draws the masks it would have drawn."""
         return {"step": self.step, "seed": self.seed}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`get_extra_state` saved."""
         self.step = int(state["step"])
         self.seed = int(state["seed"])
 
@@ -157,6 +159,10 @@ class DropClass(nn.Module):
             if progress is None:
                 raise ValueError("progress is required in training mode when keep is not given")
             return self.sample_keep(progress, features.shape[0], features.device, sample_index=sample_index)
+        if progress is not None:  # unused with a given mask, but a bad value is still an error
+            check_fraction("progress", progress)
+        if sample_index is not None:
+            raise ValueError("sample_index selects drawn per-sample masks; it cannot be given with keep")
         return self._checked_keep(features, keep)
 
     @torch.compiler.disable

@@ -17,6 +17,7 @@ from ._checks import check_fraction, check_int
 from .data.cityscapes import PALETTE as CITYSCAPES_PALETTE
 from .data.synthetic import PALETTE as SYNTHETIC_PALETTE
 from .data.voc import voc_palette
+from .metrics import mean_iou
 
 #: RGB uint8 ``[K, 3]`` colour per train id: Cityscapes' 19 classes, VOC's 21 (background first), the synthetic 8.
 PALETTES: dict[str, np.ndarray] = {
@@ -43,7 +44,7 @@ def plot_iou_bars(
     ax = fig.subplots()
     for i, name in enumerate(names):
         values = np.nan_to_num(ious[name].double().numpy() * 100, nan=0.0)
-        miou = float(np.nanmean(ious[name].double().numpy())) * 100
+        miou = mean_iou(ious[name]) * 100
         ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=f"{name} (mIoU {miou:.1f})")
     ax.set_xticks(x, class_names, rotation=45, ha="right")
     ax.set_ylabel("IoU (%)")

@@ -28,6 +28,7 @@ from dropclass_fast.analysis import (
     recalibrate_batchnorm,
     reconstruction_probe,
     top_influential,
+    unbiased_iou,
 )
 from dropclass_fast.analysis.cli import build_parser, main
 from dropclass_fast.analysis.experiment import ExperimentConfig, _json_values
@@ -114,6 +115,22 @@ def test_erased_dataset_is_the_dataset_with_pixels_filled():
         fill_colour(dataset, (0, 300, 0))
     with pytest.raises(ValueError, match=r"classes must be train ids in \[0, 8\)"):
         ErasedDataset(dataset, [8])
+    for truncated in ([1.7], [True]):  # would have erased class 1
+        with pytest.raises(TypeError, match="classes must be a sequence of integer train ids, got"):
+            ErasedDataset(dataset, truncated)
+    assert ErasedDataset(dataset, [np.int64(3), 1, 3]).classes == (1, 3)
+
+
+def test_unbiased_iou_refuses_erase_sets_it_would_truncate_or_that_hold_the_class():
+    """Checked before any evaluation: a float id would have erased another class."""
+    dataset = SyntheticStreets("val", length=1, size=(32, 64), seed=4)
+    sets = [[1], [0], [0], [0], [0], [0], [0], [0]]
+    with pytest.raises(TypeError, match=r"erase_sets\[2\] must be a sequence of integer train ids, got \[1.5\]"):
+        unbiased_iou(nn.Identity(), dataset, sets[:2] + [[1.5]] + sets[3:])
+    with pytest.raises(ValueError, match=r"erase_sets\[1\] must be train ids in \[0, 8\), got \[9\]"):
+        unbiased_iou(nn.Identity(), dataset, sets[:1] + [[9]] + sets[2:])
+    with pytest.raises(ValueError, match=r"erase_sets\[3\] = \[3\] contains class 3 itself"):
+        unbiased_iou(nn.Identity(), dataset, sets[:3] + [[3]] + sets[4:])
 
 
 def test_top_influential_ranks_and_skips_the_class_itself():

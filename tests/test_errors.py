@@ -161,6 +161,26 @@ def test_wrong_keep_size(backend, shape):
     with pytest.raises(ValueError, match=r"keep must have shape"):
         dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(5, 3), torch.ones(shape))
 
+    with pytest.raises(ValueError, match=r"keep must have shape \[K\]=\[5\] or \[B, K\] with K=5, got \(3, 4\)"):
+        dcf.class_importance(torch.randn(5, 3), torch.ones(3, 4))
+
+
+def test_complex_keep_is_refused_by_every_op(backend):
+    """A complex mask would lose its imaginary part (with a ComplexWarning) instead of an error."""
+    logits, target = seg_inputs()
+    features, weight = torch.randn(2, 3, 4, 4), torch.randn(5, 3)
+    keep = torch.ones(5, dtype=torch.complex64)
+    calls = [
+        lambda: dcf.seg_cross_entropy(logits, target, keep),
+        lambda: dcf.dropped_class_prob(logits, keep),
+        lambda: dcf.dropclass_loss(logits, logits, target, keep, progress=0.5),
+        lambda: dcf.channel_mask(features, weight, keep),
+        lambda: dcf.class_importance(weight, keep),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match="keep must be a bool or real tensor, got dtype torch.complex64"):
+            call()
+
 
 def _every_op_refuses(keep: torch.Tensor, message: str, dtype: torch.dtype = torch.float32) -> None:
     """Each op that takes a keep mask for K=5 raises ValueError matching ``message``, on ``dtype`` inputs."""
@@ -313,6 +333,12 @@ def test_module_errors():
     with pytest.raises(ValueError, match="progress must be a number in \\[0, 1\\], got 5.0"):
         dc.eval()(torch.randn(2, 8, 4, 4), progress=5.0)
     dc.train()
+    given = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="progress must be a number in \\[0, 1\\], got 5.0"):
+        dc(torch.randn(2, 8, 4, 4), progress=5.0, keep=given)
+    with pytest.raises(ValueError, match="sample_index selects drawn per-sample masks; it cannot be given with keep"):
+        dc(torch.randn(2, 8, 4, 4), keep=given, sample_index=torch.arange(2))
+    assert dc.step == 0
     per_sample = DropClass(nn.Conv2d(8, 5, 1), per_sample=True).train()
     with pytest.raises(TypeError, match=r"sample_index must be an integer tensor, got \[5, 9\]"):
         per_sample(torch.randn(2, 8, 4, 4), progress=0.5, sample_index=[5, 9])

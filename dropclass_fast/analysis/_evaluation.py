@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from .._checks import check_int, check_optional_int
 from ..metrics import ConfusionMatrix
 from ..train import evaluate
-from ..train.config import AMP_MODES
+from ..train.config import check_amp
 from ..train.distributed import DistributedContext
 
 
@@ -35,8 +35,7 @@ class EvalOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
         object.__setattr__(self, "limit", check_optional_int("limit", self.limit))
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        check_amp(self.amp)
         object.__setattr__(self, "workers", check_int("workers", self.workers, minimum=0))
 
 

@@ -21,7 +21,7 @@ from .._checks import check_int_in
 from ..data import SegmentationDataset
 from ..metrics import mean_iou, subset_miou, vulnerability_order
 from ._evaluation import DEFAULT_EVAL, EvalOptions, confusion_of
-from .erase import ErasedDataset, Fill, check_fill
+from .erase import ErasedDataset, Fill, check_class_ids, check_fill
 
 
 def class_influence(
@@ -78,7 +78,7 @@ def unbiased_iou(
     result = torch.full((k,), float("nan"), dtype=torch.float64)
     groups: dict[tuple[int, ...], list[int]] = {}
     for c, classes in enumerate(erase_sets):
-        key = tuple(sorted({int(j) for j in classes}))
+        key = check_class_ids(f"erase_sets[{c}]", classes, k)
         if c in key:
             raise ValueError(f"erase_sets[{c}] = {list(classes)} contains class {c} itself")
         groups.setdefault(key, []).append(c)

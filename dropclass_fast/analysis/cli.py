@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
-from ..data import DATASET_NAMES, SegmentationDataset, TrainTransform, build_dataset
+from ..data import DATASET_NAMES, SegmentationDataset, build_dataset
 from ..models import MODEL_NAMES, SegmentationModel, build_model, read_state_dict
 from ..train.batchnorm import recalibrate_batchnorm
+from ..train.config import METHODS
 from ._evaluation import EvalOptions
 from .bias import bias_vulnerability
-from .experiment import MODELS, ExperimentConfig, run_experiment
+from .experiment import ExperimentConfig, run_experiment
 from .frequency import FREQUENCY_MODES, class_frequency, paper_frequency_mode
 from .probe import reconstruction_probe
 from .tables import Table, bias_table, frequency_table, probe_table
@@ -54,8 +55,7 @@ def _eval_options(args: argparse.Namespace) -> EvalOptions:
 
 def _training_split(args: argparse.Namespace) -> SegmentationDataset:
     dataset = _dataset(args, "train")
-    dataset.transform = TrainTransform(tuple(args.crop_size), mean=dataset.mean, std=dataset.std,
-                                       ignore_index=dataset.ignore_index)
+    dataset.use_training_augmentation(tuple(args.crop_size))
     return dataset
 
 
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_arguments(bias)
     bias.add_argument("--baseline", required=True, help="baseline weights (model.pt or checkpoint.pt)")
     bias.add_argument("--dropclass", required=True, help="DropClass weights (model.pt or checkpoint.pt)")
-    bias.add_argument("--reference", choices=MODELS, default="baseline", help="whose influences pick the Top-k")
+    bias.add_argument("--reference", choices=METHODS, default="baseline", help="whose influences pick the Top-k")
     bias.add_argument("--fill", default="mean", help="erased pixels' colour: 'mean' or 'R,G,B'")
     bias.add_argument("--top-count", type=int, default=3)
     bias.add_argument("--vulnerable-count", type=int,
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lr", type=float, default=defaults.lr)
     add("--train-length", type=int, default=defaults.train_length)
     add("--val-length", type=int, default=defaults.val_length)
-    add("--reference", choices=MODELS, default=defaults.reference)
+    add("--reference", choices=METHODS, default=defaults.reference)
     add("--top-count", type=int, default=defaults.top_count)
     add("--vulnerable-count", type=int, default=defaults.vulnerable_count)
     add("--fill", default="mean", help="erased pixels' colour: 'mean' or 'R,G,B'")

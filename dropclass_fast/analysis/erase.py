@@ -57,6 +57,16 @@ def erase_classes(
     return image, label
 
 
+def check_class_ids(name: str, classes: object, num_classes: int) -> tuple[int, ...]:
+    """``classes`` as sorted distinct ints; TypeError naming ``name`` unless it is a sequence of integers (not
+    bools or floats, which would be truncated), ValueError unless each is a train id in ``[0, num_classes)``."""
+    if not isinstance(classes, Sequence) or isinstance(classes, str) or not all(is_int(c) for c in classes):
+        raise TypeError(f"{name} must be a sequence of integer train ids, got {classes!r}")
+    if any(not 0 <= c < num_classes for c in classes):
+        raise ValueError(f"{name} must be train ids in [0, {num_classes}), got {list(classes)}")
+    return tuple(sorted({int(c) for c in classes}))
+
+
 class ErasedDataset(SegmentationDataset):
     """``dataset`` with the pixels of ``classes`` erased: the unbiased images ``I*`` of Table B-1.
 
@@ -75,12 +85,10 @@ class ErasedDataset(SegmentationDataset):
     def __init__(self, dataset: SegmentationDataset, classes: Sequence[int], fill: Fill = "mean") -> None:
         if not isinstance(dataset, SegmentationDataset):
             raise TypeError(f"dataset must be a SegmentationDataset, got {type(dataset).__name__}")
-        classes = [int(c) for c in classes]
-        if any(not 0 <= c < dataset.num_classes for c in classes):
-            raise ValueError(f"classes must be train ids in [0, {dataset.num_classes}), got {classes}")
+        classes = check_class_ids("classes", classes, dataset.num_classes)
         super().__init__(dataset.transform, dataset.seed)
         self.dataset = dataset
-        self.classes = tuple(sorted(set(classes)))
+        self.classes = classes
         self.fill = fill_colour(dataset, fill)
         self.num_classes = dataset.num_classes
         self.class_names = dataset.class_names

@@ -21,17 +21,17 @@ import torch
 from torch import nn
 
 from .._checks import check_int, check_optional_int
-from ..data import SyntheticStreets, TrainTransform
+from ..data import SyntheticStreets
 from ..data.base import check_seed
 from ..metrics import mean_iou
 from ..train import TrainConfig, check_learning_rate, train
 from ..train.batchnorm import recalibrate_batchnorm
+from ..train.config import METHODS
 from ._evaluation import EvalOptions, confusion_of
 from .bias import BiasReport, bias_vulnerability, check_protocol
 from .frequency import class_frequency
 from .probe import ProbeResult, reconstruction_probe
 
-MODELS = ("baseline", "dropclass")
 LABELS = {"baseline": "Baseline", "dropclass": "DropClass"}
 #: seed of the validation scenes every run is analysed on (independent of the training seeds' streams)
 VALIDATION_SEED = 1000
@@ -90,8 +90,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.model not in ("hrnet_v1", "hrnet_v2"):
             raise ValueError(f"model must be 'hrnet_v1' or 'hrnet_v2', got {self.model!r}")
-        if self.reference not in MODELS:
-            raise ValueError(f"reference must be one of {MODELS}, got {self.reference!r}")
+        if self.reference not in METHODS:
+            raise ValueError(f"reference must be one of {METHODS}, got {self.reference!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct ints, got {self.seeds!r}")
         object.__setattr__(self, "seeds", tuple(check_seed(seed) for seed in self.seeds))  # NumPy ints as ints
@@ -149,7 +149,7 @@ def validation_set(config: ExperimentConfig) -> SyntheticStreets:
 def training_set(config: ExperimentConfig, seed: int) -> SyntheticStreets:
     """Seed ``seed``'s training scenes with the training engine's augmentation (the probe trains on them)."""
     dataset = SyntheticStreets("train", length=config.train_length, size=tuple(config.image_size), seed=seed)
-    dataset.transform = TrainTransform(tuple(config.crop_size), mean=dataset.mean, std=dataset.std)
+    dataset.use_training_augmentation(tuple(config.crop_size))
     return dataset
 
 
@@ -162,7 +162,7 @@ def run_seed(
     trained_miou: dict[str, float] = {}
     models = {}
     options = EvalOptions(batch_size=config.eval_batch_size)
-    for method in MODELS:
+    for method in METHODS:
         started = time.perf_counter()
         models[method] = train(_train_config(config, seed, method)).model.eval()
         trained_miou[method] = mean_iou(confusion_of(models[method], val_set, val_set.num_classes, options).iou())
@@ -185,7 +185,7 @@ def run_seed(
         for name in config.probe_classes
     ]
     seconds["probe"] = time.perf_counter() - started
-    logs = {LABELS[m]: Path(_train_config(config, seed, m).output) / "log.csv" for m in MODELS}
+    logs = {LABELS[m]: Path(_train_config(config, seed, m).output) / "log.csv" for m in METHODS}
     result = SeedResult(seed, report, probes, logs, seconds, trained_miou)
     _save_seed(result, Path(config.output) / f"seed{seed}" / "analysis.json")
     return result, models

@@ -20,9 +20,10 @@ from torch import nn
 from ..data import SyntheticStreets
 from ..metrics import least_frequent_classes, subset_miou
 from ..models import predict
+from ..train.config import METHODS
 from ..viz import plot_iou_bars, plot_predictions, plot_training_curves, plot_unbiased_comparison
 from .erase import ErasedDataset
-from .experiment import LABELS, MODELS, VALIDATION_SEED, ExperimentConfig, SeedResult
+from .experiment import LABELS, VALIDATION_SEED, ExperimentConfig, SeedResult
 from .tables import Table, bias_table, frequency_table, probe_table
 
 # ------------------------------------------------------------------------------------------------- figures
@@ -37,7 +38,7 @@ def write_figures(
     reports = [r.report for r in results]
     figures = {}
     for key, title in (("iou", "I"), ("iou_star", "I*")):
-        means = {LABELS[m]: torch.stack([getattr(r, key)[m] for r in reports]).nanmean(0) for m in MODELS}
+        means = {LABELS[m]: torch.stack([getattr(r, key)[m] for r in reports]).nanmean(0) for m in METHODS}
         figures[f"IoU on {title}"] = plot_iou_bars(
             names, means, folder / f"{key}.png", title=f"per-class IoU on {title}, mean over {len(reports)} seed(s)"
         )
@@ -50,7 +51,7 @@ def write_figures(
     def predictions(dataset, indices: Sequence[int]) -> dict[str, list[np.ndarray]]:
         images = torch.stack([dataset[i][0] for i in indices])
         with torch.no_grad():
-            return {LABELS[m]: list(predict(models[m], images).argmax(1).numpy()) for m in MODELS}
+            return {LABELS[m]: list(predict(models[m], images).argmax(1).numpy()) for m in METHODS}
 
     rare = [names.index("rider"), names.index("bicycle")]
     by_rare = sorted(range(len(labelled)), key=lambda i: -int(np.isin(labelled[i][1], rare).sum()))[:3]
@@ -160,7 +161,7 @@ def write_report(
     probes = [p for r in results for p in r.probes]
     if probes:
         tables["probe"] = probe_table(probes)
-    summaries = {m: _summary_values(results, frequency, m) for m in MODELS}
+    summaries = {m: _summary_values(results, frequency, m) for m in METHODS}
     metrics = list(summaries["baseline"])
     tables["summary"] = Table(
         ("Baseline", "DropClass", "DropClass − Baseline"),
@@ -263,11 +264,11 @@ def write_report(
         "Validation mIoU (%) with the running statistics as trained and as analysed above"
         + (f" (re-estimated over {config.bn_batches} training batches)" if config.bn_batches else "") + ":",
         "",
-        "| seed | " + " | ".join(f"{LABELS[m]} as trained | {LABELS[m]} analysed" for m in MODELS) + " |",
-        "|---|" + "---:|" * 2 * len(MODELS),
+        "| seed | " + " | ".join(f"{LABELS[m]} as trained | {LABELS[m]} analysed" for m in METHODS) + " |",
+        "|---|" + "---:|" * 2 * len(METHODS),
         *[
             f"| {r.seed} | "
-            + " | ".join(f"{100 * r.trained_miou[m]:.1f} | {100 * r.report.summary(m)['miou']:.1f}" for m in MODELS)
+            + " | ".join(f"{100 * r.trained_miou[m]:.1f} | {100 * r.report.summary(m)['miou']:.1f}" for m in METHODS)
             + " |"
             for r in results
         ],

@@ -10,7 +10,7 @@ import torch
 
 from .._checks import check_int, is_int
 from .io import check_same_size, map_label_ids, read_image, read_label
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -69,6 +69,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ``index`` before any transform: image uint8 ``[H, W, 3]`` (RGB), label uint8 ``[H, W]`` (train ids)."""
         raise NotImplementedError
+
+    def use_training_augmentation(self, crop_size: tuple[int, int]) -> None:
+        """Sets ``transform`` to the training augmentation: :class:`TrainTransform` at ``crop_size``
+        ``(height, width)`` with this dataset's ``mean``, ``std`` and ``ignore_index``."""
+        self.transform = TrainTransform(crop_size, mean=self.mean, std=self.std, ignore_index=self.ignore_index)
 
     @property
     def epoch(self) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .._checks import check_int_in, check_size
+from .._checks import check_bool, check_int_in, check_size, is_number
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -123,14 +123,14 @@ class TrainTransform:
         if (
             not isinstance(scale_range, Sequence)
             or len(scale_range) != 2
-            or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in scale_range)
+            or not all(is_number(v) and np.isfinite(v) for v in scale_range)
             or not 0 < scale_range[0] <= scale_range[1]
         ):
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
         ignore_index = check_int_in("ignore_index", ignore_index, 0, 255, "labels are uint8")
         self.crop_size = crop_size
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
-        self.flip = bool(flip)
+        self.flip = check_bool("flip", flip)
         self.ignore_index = ignore_index
         self.normalize = Normalize(mean, std)
 

@@ -10,10 +10,17 @@ import numpy as np
 
 from .._checks import check_bool, check_finite, check_int, check_optional_int, check_size
 from ..data.base import check_seed
+from ..models import MODEL_NAMES
 
-MODELS = ("hrnet_v1", "hrnet_v2", "deeplabv3")
 METHODS = ("baseline", "dropclass")
 AMP_MODES = ("none", "bf16", "fp16")
+
+
+def check_amp(amp: object) -> str:
+    """``amp`` itself; ValueError naming it unless it is one of :data:`AMP_MODES`."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+    return amp  # type: ignore[return-value]
 
 
 def check_learning_rate(name: str, value: object) -> float:
@@ -44,7 +51,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("voc", "deeplabv3"): Recipe(48, 0.012, 4, _VOC_CROP, (200, 400)),
 }
 # The embedded synthetic dataset: one CPU process, minutes not days.
-for _model in MODELS:
+for _model in MODEL_NAMES:
     RECIPES[("synthetic", _model)] = Recipe(8, 0.02, 1, _SYNTHETIC_CROP, (10, 20))
 
 
@@ -99,11 +106,10 @@ class TrainConfig:
         if (self.dataset, self.model) not in RECIPES:
             datasets = sorted({d for d, _ in RECIPES})
             raise ValueError(f"no recipe for dataset {self.dataset!r} and model {self.model!r}; "
-                             f"datasets: {datasets}, models: {list(MODELS)}")
+                             f"datasets: {datasets}, models: {list(MODEL_NAMES)}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        check_amp(self.amp)
         for name in ("batch_size", "epochs", "iters", "stop_after", "eval_limit"):
             setattr(self, name, check_optional_int(name, getattr(self, name)))
         for name in ("eval_batch_size", "log_every"):
@@ -200,7 +206,7 @@ def build_parser(datasets: tuple[str, ...], description: str, prog: str | None =
             options["help"] = (options.get("help", "") + " (default: %(default)s)").lstrip()
         parser.add_argument(*names, **options)
 
-    add("--model", choices=MODELS, default="hrnet_v2")
+    add("--model", choices=MODEL_NAMES, default="hrnet_v2")
     add("--method", choices=METHODS, default="dropclass")
     add("--dataset", choices=datasets, default=datasets[0])
     add("--data-root", help="dataset root folder (not needed for --dataset synthetic)")

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .. import functional as dcf
-from .._checks import check_int, check_int_in
-from ..data import EvalTransform, TrainTransform, build_dataset
+from .._checks import check_int, check_int_in, check_optional_int
+from ..data import EvalTransform, build_dataset
 from ..loss import DropClassLoss
 from ..metrics import ConfusionMatrix, format_iou_table, mean_iou
 from ..models import (
@@ -35,7 +35,7 @@ from ..models import (
 from ..module import DropClassOutput, mix_seed
 from .batchnorm import recalibrate_batchnorm
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from .config import TrainConfig
+from .config import TrainConfig, check_amp
 from .distributed import DistributedContext, init_distributed, shutdown_distributed
 from .logger import CsvLog
 from .sampler import ResumableSampler
@@ -101,6 +101,10 @@ def evaluate(
     (default: all; no padding, so no sample counts twice); predictions are
     upsampled to the label size.
     """
+    batch_size = check_int("batch_size", batch_size)
+    workers = check_int("workers", workers, minimum=0)
+    check_amp(amp)
+    limit = check_optional_int("limit", limit)
     was_training = model.training
     model.eval()
     count = len(dataset) if limit is None else min(limit, len(dataset))
@@ -386,9 +390,7 @@ class _Run:
 def _dataset(config: TrainConfig, split: str) -> Any:
     dataset = build_dataset(config.dataset, split, root=config.data_root, seed=config.seed, **config.dataset_options)
     if split == "train":
-        dataset.transform = TrainTransform(
-            config.crop(), mean=dataset.mean, std=dataset.std, ignore_index=dataset.ignore_index
-        )
+        dataset.use_training_augmentation(config.crop())
     else:
         dataset.transform = EvalTransform(mean=dataset.mean, std=dataset.std)
     return dataset

@@ -27,7 +27,7 @@ class ResumableSampler(Sampler[int]):
         num_replicas: number of ranks.
         rank: this rank.
         seed: seeds the shuffles.
-        shuffle: ``False`` keeps the dataset order (evaluation).
+        shuffle: ``False`` keeps the dataset order (each rank still takes every ``num_replicas``-th sample).
     """
 
     def __init__(
