@@ -102,8 +102,8 @@ class DropClassModel(nn.Module):
     ) -> DropClassOutput | Any:
         """The wrapped model's forward on ``x`` (and ``*args``, ``**kwargs``), its classifier call going through
         :class:`DropClass` with ``progress``, ``keep`` and ``sample_index``. Training: a ``DropClassOutput`` of the
-        model's output (``logits``), the drop path's classifier output (``drop_logits``) and the mask; evaluation: the model's
-        output with the drop-path classifier in place of its own."""
+        model's output (``logits``), the drop path's classifier output (``drop_logits``) and the mask;
+        evaluation: the model's output with the drop-path classifier in place of its own."""
         attached = self.attached
         check_dropclass_call(attached, progress, keep)
         if attached.call is not None:
