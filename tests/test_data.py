@@ -365,6 +365,10 @@ def test_transform_argument_errors():
         TrainTransform((0, 4))
     with pytest.raises(ValueError, match=r"scale_range must be \(low, high\) with 0 < low <= high, got \(2.0, 0.5\)"):
         TrainTransform((4, 4), scale_range=(2.0, 0.5))
+    with pytest.raises(ValueError, match=r"scale_range must be .* got \(True, True\)"):
+        TrainTransform((4, 4), scale_range=(True, True))
+    with pytest.raises(TypeError, match="flip must be a bool, got 'no'"):  # bool('no') is True
+        TrainTransform((4, 4), flip="no")
     with pytest.raises(ValueError, match=r"std must be three numbers in \(0, 1\] \(R, G, B;.*got \(1, 0, 1\)"):
         TrainTransform((4, 4), std=(1, 0, 1))
     with pytest.raises(ValueError, match=r"mean must be three numbers in \[0, 1\] .*divide 0-255 constants by 255"):

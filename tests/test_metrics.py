@@ -154,6 +154,9 @@ def test_confusion_matrix_rejects_bad_input():
         cm.update(torch.tensor([0, -1]), torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="num_classes must be a positive int, got 2.7"):
         ConfusionMatrix(2.7)
+    for ignore_index in (2.7, "255", True):  # int() made these 2, 255 and 1
+        with pytest.raises(TypeError, match=f"ignore_index must be an integer, got {ignore_index!r}"):
+            ConfusionMatrix(3, ignore_index)
     with pytest.raises(ValueError, match="same shape"):
         cm.update(torch.tensor([0, 1]), torch.tensor([0]))
     with pytest.raises(TypeError, match="integer tensors"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dropclass_fast.train import ResumableSampler, TrainConfig, load_checkpoint, poly_lr, save_atomic
+from dropclass_fast.train import ResumableSampler, TrainConfig, evaluate, load_checkpoint, poly_lr, save_atomic
 from dropclass_fast.train.checkpoint import rng_state, set_rng_state
 from dropclass_fast.train.cli import main
 from dropclass_fast.train.config import build_parser, config_from_args
@@ -103,6 +103,21 @@ def test_command_line_refusals_are_usage_errors(capsys, argv, message):
         main(argv, datasets=("cityscapes", "synthetic"), description="x", prog="train")
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("usage: train") and f"train: error: {message}" in err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"amp": "fp32"}, r"amp must be one of \('none', 'bf16', 'fp16'\), got 'fp32'"),
+        ({"limit": -1}, "limit must be a positive int or None, got -1"),
+        ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
+        ({"workers": -2}, "workers must be a non-negative int, got -2"),
+    ],
+)
+def test_evaluate_refuses_bad_options_before_it_evaluates(options, message):
+    """Checked first: a bad amp was a bare KeyError, a negative limit an empty matrix (every IoU NaN)."""
+    with pytest.raises(ValueError, match=message):
+        evaluate(torch.nn.Identity(), [], 2, context=None, **options)
 
 
 def test_command_line_help_names_the_defaults():
