@@ -96,6 +96,7 @@ def test_command_line_builds_the_config():
     [
         (["--dataset", "cityscapes"], "--data-root is required for --dataset cityscapes"),
         (["--dataset", "synthetic", "--iters", "2", "--epochs", "3"], "give iters or epochs, not both"),
+        (["--dataset", "cityscapes", "--data-root", "/nonexistent/x"], "--data-root /nonexistent/x is not a folder"),
     ],
 )
 def test_command_line_refusals_are_usage_errors(capsys, argv, message):

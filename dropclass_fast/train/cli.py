@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from .config import build_parser, config_from_args
 from .engine import TrainResult, train
@@ -19,4 +20,6 @@ def main(
         config = config_from_args(args)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
+    if config.data_root is not None and not Path(config.data_root).is_dir():
+        parser.error(f"--data-root {config.data_root} is not a folder")
     return train(config)
