@@ -11,11 +11,9 @@ import pytest
 from dropclass_fast import _backend
 
 _TRITON_ON_CPU = _backend._triton_unavailable("cpu")
+#: Skips a test of Triton on CPU tensors where Triton cannot run them, with the reason.
+NEEDS_TRITON_ON_CPU = pytest.mark.skipif(_TRITON_ON_CPU is not None, reason=str(_TRITON_ON_CPU))
 
-CPU_BACKENDS = [
-    "cpp",
-    "eager",
-    pytest.param("triton", marks=pytest.mark.skipif(_TRITON_ON_CPU is not None, reason=str(_TRITON_ON_CPU))),
-]
+CPU_BACKENDS = ["cpp", "eager", pytest.param("triton", marks=NEEDS_TRITON_ON_CPU)]
 #: The backends with kernels of their own (``eager`` runs the reference itself).
 KERNEL_BACKENDS = [backend for backend in CPU_BACKENDS if backend != "eager"]

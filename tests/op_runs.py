@@ -3,6 +3,8 @@ share (CPU and Triton alike)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 import dropclass_fast
@@ -11,6 +13,19 @@ from dropclass_fast import reference
 
 #: The ops of ``dropclass_fast.functional``, each with kernels of its own on every backend.
 OPS = ("channel_mask", "seg_cross_entropy", "dropped_class_prob", "dropclass_loss")
+
+
+def tiny_op_calls() -> dict[str, Callable[[], object]]:
+    """A call of each of :data:`OPS` on tiny CPU inputs (K=4, per-batch keep), by op name: for the tests of what
+    reaches each op (its backend, its flags), not of values."""
+    logits, target = torch.randn(2, 4, 3, 3), torch.randint(0, 4, (2, 6, 6))
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    return {
+        "channel_mask": lambda: dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(4, 3), keep),
+        "seg_cross_entropy": lambda: dcf.seg_cross_entropy(logits, target, keep),
+        "dropped_class_prob": lambda: dcf.dropped_class_prob(logits, keep),
+        "dropclass_loss": lambda: dcf.dropclass_loss(logits, logits * 2, target, keep, 0.5),
+    }
 
 
 def run_op(fn_name: str, backend: str, *tensors: object, **kwargs: object) -> tuple[object, list[torch.Tensor]]:

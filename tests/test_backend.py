@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from op_runs import OPS
+from op_runs import OPS, tiny_op_calls
 
 import dropclass_fast
 from dropclass_fast import _backend, _extension, reference
@@ -105,15 +105,7 @@ def test_auto_on_cuda_reads_the_table_entry_of_its_own_op(monkeypatch, op):
 def test_each_function_resolves_its_backend_under_its_own_op_name(monkeypatch):
     seen = []
     monkeypatch.setattr(_backend, "resolve", lambda device_type, op="": seen.append(op) or "eager")
-    logits, target = torch.randn(2, 4, 3, 3), torch.randint(0, 4, (2, 6, 6))
-    keep = torch.tensor([1.0, 0.0, 1.0, 1.0])
-    calls = {
-        "channel_mask": lambda: dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(4, 3), keep),
-        "seg_cross_entropy": lambda: dcf.seg_cross_entropy(logits, target, keep),
-        "dropped_class_prob": lambda: dcf.dropped_class_prob(logits, keep),
-        "dropclass_loss": lambda: dcf.dropclass_loss(logits, logits, target, keep, 0.5),
-    }
-    for name, call in calls.items():
+    for name, call in tiny_op_calls().items():
         seen.clear()
         call()
         assert seen[0] == name, (name, seen)

@@ -161,29 +161,22 @@ def test_wrong_keep_size(backend, shape):
     with pytest.raises(ValueError, match=r"keep must have shape"):
         dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(5, 3), torch.ones(shape))
 
+
+def test_class_importance_takes_keep_of_any_batch_but_its_classes(backend):
     with pytest.raises(ValueError, match=r"keep must have shape \[K\]=\[5\] or \[B, K\] with K=5, got \(3, 4\)"):
         dcf.class_importance(torch.randn(5, 3), torch.ones(3, 4))
 
 
 def test_complex_keep_is_refused_by_every_op(backend):
     """A complex mask would lose its imaginary part (with a ComplexWarning) instead of an error."""
-    logits, target = seg_inputs()
-    features, weight = torch.randn(2, 3, 4, 4), torch.randn(5, 3)
     keep = torch.ones(5, dtype=torch.complex64)
-    calls = [
-        lambda: dcf.seg_cross_entropy(logits, target, keep),
-        lambda: dcf.dropped_class_prob(logits, keep),
-        lambda: dcf.dropclass_loss(logits, logits, target, keep, progress=0.5),
-        lambda: dcf.channel_mask(features, weight, keep),
-        lambda: dcf.class_importance(weight, keep),
-    ]
-    for call in calls:
-        with pytest.raises(TypeError, match="keep must be a bool or real tensor, got dtype torch.complex64"):
-            call()
+    _every_op_refuses(keep, "keep must be a bool or real tensor, got dtype torch.complex64", error=TypeError)
 
 
-def _every_op_refuses(keep: torch.Tensor, message: str, dtype: torch.dtype = torch.float32) -> None:
-    """Each op that takes a keep mask for K=5 raises ValueError matching ``message``, on ``dtype`` inputs."""
+def _every_op_refuses(
+    keep: torch.Tensor, message: str, dtype: torch.dtype = torch.float32, error: type[Exception] = ValueError
+) -> None:
+    """Each op that takes a keep mask for K=5 raises ``error`` matching ``message``, on ``dtype`` inputs."""
     logits, target = seg_inputs()
     logits = logits.to(dtype)
     features, weight = torch.randn(2, 3, 4, 4, dtype=dtype), torch.randn(5, 3, dtype=dtype)
@@ -195,7 +188,7 @@ def _every_op_refuses(keep: torch.Tensor, message: str, dtype: torch.dtype = tor
         "class_importance": lambda: dcf.class_importance(weight, keep),
     }
     for name, call in calls.items():
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(error, match=message):
             call()
             pytest.fail(f"{name} accepted keep {keep.tolist()}")
 

@@ -10,8 +10,8 @@ from op_inputs import make_keep, make_target
 from op_runs import OPS, assert_grad_close, run_op
 
 import dropclass_fast
-from dropclass_fast import _backend, reference
 from dropclass_fast import functional as dcf
+from dropclass_fast import reference
 
 TOLERANCE = {
     torch.float32: {"rtol": 1e-5, "atol": 1e-6},
@@ -398,12 +398,7 @@ def test_double_backward_is_refused(cpp_backend, backend, op):
         torch.autograd.grad(out, inputs, create_graph=True)
 
 
-TRITON_ON_CPU = pytest.mark.skipif(
-    _backend._triton_unavailable("cpu") is not None, reason="Triton cannot run CPU tensors"
-)
-
-
-@pytest.mark.parametrize("backend", ["cpp", pytest.param("triton", marks=TRITON_ON_CPU)])
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_fake_implementations_match_the_kernels_in_bfloat16_and_channels_last(cpp_backend, backend):
     """test_dropclass_loss_op_registration's opcheck uses float32 contiguous inputs, where a fake that returns the
     logits' dtype or drops channels_last is not told apart. The Triton ops take a trailing ``deterministic``."""

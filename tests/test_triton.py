@@ -12,7 +12,8 @@ import re
 import op_inputs
 import pytest
 import torch
-from op_runs import assert_grad_close, run_op
+from backends import NEEDS_TRITON_ON_CPU
+from op_runs import assert_grad_close, run_op, tiny_op_calls
 
 import dropclass_fast
 from dropclass_fast import _backend, reference
@@ -636,18 +637,11 @@ def _record_triton_picks(monkeypatch) -> list[bool]:
     return seen
 
 
-@pytest.mark.skipif(_backend._triton_unavailable("cpu") is not None, reason="Triton cannot run CPU tensors")
+@NEEDS_TRITON_ON_CPU
 @pytest.mark.parametrize("how", ["set_backend", "torch"])
 def test_every_triton_op_gets_the_deterministic_flag(monkeypatch, how):
     seen = _record_triton_picks(monkeypatch)
-    logits, target = torch.randn(2, 4, 3, 3), torch.randint(0, 4, (2, 6, 6))
-    keep = torch.tensor([1.0, 0.0, 1.0, 1.0])
-    calls = [
-        lambda: dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(4, 3), keep),
-        lambda: dcf.seg_cross_entropy(logits, target, keep),
-        lambda: dcf.dropped_class_prob(logits, keep),
-        lambda: dcf.dropclass_loss(logits, logits * 2, target, keep, 0.5),
-    ]
+    calls = tiny_op_calls().values()
     previous = torch.are_deterministic_algorithms_enabled()
     try:
         for flag in (True, False):
@@ -665,7 +659,7 @@ def test_every_triton_op_gets_the_deterministic_flag(monkeypatch, how):
         torch.use_deterministic_algorithms(previous)
 
 
-@pytest.mark.skipif(_backend._triton_unavailable("cpu") is not None, reason="Triton cannot run CPU tensors")
+@NEEDS_TRITON_ON_CPU
 def test_a_compiled_function_follows_the_deterministic_flag(monkeypatch):
     seen = _record_triton_picks(monkeypatch)
     torch._dynamo.reset()
@@ -678,7 +672,7 @@ def test_a_compiled_function_follows_the_deterministic_flag(monkeypatch):
         assert seen == [flag]
 
 
-@pytest.mark.skipif(_backend._triton_unavailable("cpu") is not None, reason="Triton cannot run CPU tensors")
+@NEEDS_TRITON_ON_CPU
 def test_channel_mask_with_half_precision_weight_matches_reference():
     """A bfloat16 classifier weight (a model cast to half precision): s and the weight gradient are computed in
     float32 and rounded once, as the reference does. Float16 features: the interpreter truncates float32 -> bfloat16
@@ -701,7 +695,7 @@ def test_channel_mask_with_half_precision_weight_matches_reference():
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-@pytest.mark.skipif(_backend._triton_unavailable("cpu") is not None, reason="Triton cannot run CPU tensors")
+@NEEDS_TRITON_ON_CPU
 def test_a_triton_refusal_under_auto_without_cuda_kernels_runs_the_reference(monkeypatch):
     """Where auto picked Triton and Triton cannot take the upsampling, no CUDA kernels: the eager reference, not the
     compiled ``_ops`` (which on a GPU without the CUDA build raise). In ``dropclass_loss`` only the upsampled terms
