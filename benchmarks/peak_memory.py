@@ -10,6 +10,12 @@ not counted):
    the current RSS), then baseline = ``VmRSS``;
 3. run the case once more; peak = ``VmHWM``; ``peak_extra = peak - baseline``.
 
+The kernel keeps RSS in per-CPU counters and updates ``VmHWM`` from their approximate sum, so the
+two readings can disagree by a few pages: a case that allocates next to nothing can read a few KiB
+below zero. A reading below zero by no more than the counters' error bound
+(:func:`rss_counter_error_kib`) is reported as 0; one further below raises ``RuntimeError``, since
+then the method itself has failed.
+
 If ``clear_refs`` cannot be written, the peak falls back to ``getrusage(RUSAGE_SELF).ru_maxrss``,
 which cannot be reset: the child then skips the warm-up (the number includes one-time costs) and says
 so in ``method``. The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc serves every
@@ -68,6 +74,28 @@ def _maxrss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
+def rss_counter_error_kib(cpus: int | None = None, page_kib: int | None = None) -> int:
+    """How far the kernel's approximate RSS sum can be off, in KiB: each of ``cpus`` per-CPU counters
+    holds back up to one batch of ``max(32, 2 * cpus)`` pages (``percpu_counter_batch``)."""
+    cpus = cpus or os.cpu_count() or 1
+    page_kib = page_kib or os.sysconf("SC_PAGE_SIZE") // 1024
+    return cpus * max(32, 2 * cpus) * page_kib
+
+
+def peak_extra_kib(peak_kib: int, baseline_kib: int, error_kib: int) -> int:
+    """``peak_kib - baseline_kib``, or 0 where it is below zero by at most ``error_kib`` (counter noise).
+
+    Raises ``RuntimeError`` naming both readings when it is further below zero.
+    """
+    extra = peak_kib - baseline_kib
+    if extra < -error_kib:
+        raise RuntimeError(
+            f"peak RSS {peak_kib} KiB is {-extra} KiB below the baseline {baseline_kib} KiB, more than the "
+            f"RSS counters' error bound of {error_kib} KiB: the peak was not measured"
+        )
+    return max(extra, 0)
+
+
 def _child(case: Case) -> dict[str, Any]:
     """Measure ``case`` in this process (the child): the protocol of the module docstring."""
     import cases  # beside this file: the child runs it as a script, so its directory is on sys.path
@@ -81,19 +109,18 @@ def _child(case: Case) -> dict[str, Any]:
     if can_reset:
         _reset_peak()
     # the baseline is read after the reset, where VmHWM restarted: a page freed in between
-    # cannot make the peak extra negative
+    # lowers the baseline, not the peak
     rss_before = _status_kib("VmRSS")
     runner.run()
     hwm = _status_kib("VmHWM")
     maxrss_after = _maxrss_kib()
     if can_reset:
-        peak_extra_kib = hwm - rss_before
-        method = RESET_METHOD
+        peak_kib, method = hwm, RESET_METHOD
     else:
-        peak_extra_kib = max(maxrss_after, hwm) - rss_before
+        peak_kib = max(maxrss_after, hwm)
         method = "ru_maxrss minus VmRSS before the call (no peak reset possible; no warm-up)"
     return {
-        "peak_extra_mib": peak_extra_kib / 1024.0,
+        "peak_extra_mib": peak_extra_kib(peak_kib, rss_before, rss_counter_error_kib()) / 1024.0,
         "baseline_rss_mib": rss_before / 1024.0,
         "method": method,
     }

@@ -39,3 +39,18 @@ def test_fused_dropclass_loss_holds_only_its_gradients(cpp_backend):
     fused = measure({**case, "impl": "cpp"})["peak_extra_mib"]
     logits_mib = 2 * 19 * 64 * 128 * 4 / 2**20
     assert fused <= 5.5 * logits_mib, (fused, logits_mib)
+
+
+def test_peak_extra_reads_counter_noise_below_zero_as_zero_and_refuses_more():
+    peak_memory = _peak_memory_module()
+    assert peak_memory.peak_extra_kib(1100, 1000, error_kib=256) == 100
+    assert peak_memory.peak_extra_kib(996, 1000, error_kib=256) == 0
+    assert peak_memory.peak_extra_kib(744, 1000, error_kib=256) == 0
+    with pytest.raises(RuntimeError, match="743 KiB is 257 KiB below the baseline 1000 KiB"):
+        peak_memory.peak_extra_kib(743, 1000, error_kib=256)
+
+
+def test_rss_counter_error_bound_is_one_batch_of_pages_per_cpu():
+    error_kib = _peak_memory_module().rss_counter_error_kib
+    assert error_kib(cpus=2, page_kib=4) == 2 * 32 * 4
+    assert error_kib(cpus=64, page_kib=4) == 64 * 128 * 4
