@@ -17,18 +17,16 @@ import time
 from pathlib import Path
 
 import pytest
-from op_runs import OPS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 
-import gpu_session  # noqa: E402 - benchmarks/ is not a package
+import cases  # noqa: E402 - benchmarks/ is not a package
+import gpu_session  # noqa: E402
 import results  # noqa: E402
 
-GPU_IMPLS = ("triton", "cuda", "eager", "compile")
-DTYPES = ("float32", "bfloat16")
-MODES = ("fwd", "fwd+bwd")
+GPU_IMPLS = (*cases.GPU_BACKENDS, "eager", "compile")
 # The device tool brings back at most 8 files from $OUT, each named in letters, digits, '.', '_' and '-'.
 MAX_FILES = 8
 PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -65,7 +63,7 @@ def gpu_selections() -> dict[str, set[str]]:
 
 
 def test_targets_stage_selects_the_rows_the_kernel_targets_are_judged_on(gpu_selections) -> None:
-    expected = _op_ids("cuda", "cityscapes", DTYPES, ["fwd+bwd"], ["dropclass_loss"], GPU_IMPLS)
+    expected = _op_ids("cuda", "cityscapes", cases.DTYPES, ["fwd+bwd"], ["dropclass_loss"], GPU_IMPLS)
     assert gpu_selections["targets"] == expected | {"bench_bandwidth.py::test_copy_bandwidth[cuda]"}
 
 
@@ -77,9 +75,9 @@ def test_step_stage_selects_the_bf16_steps_the_step_targets_need(gpu_selections)
 
 
 def test_ops_and_voc_stages_cover_every_other_gpu_op_row(gpu_selections) -> None:
-    every_cityscapes_row = _op_ids("cuda", "cityscapes", DTYPES, MODES, OPS, GPU_IMPLS)
+    every_cityscapes_row = _op_ids("cuda", "cityscapes", cases.DTYPES, cases.MODES, cases.OPS, GPU_IMPLS)
     assert gpu_selections["ops"] == every_cityscapes_row - gpu_selections["targets"]
-    assert gpu_selections["voc"] == _op_ids("cuda", "voc", DTYPES, MODES, OPS, GPU_IMPLS)
+    assert gpu_selections["voc"] == _op_ids("cuda", "voc", cases.DTYPES, cases.MODES, cases.OPS, GPU_IMPLS)
 
 
 def test_unknown_stage_is_named() -> None:
@@ -213,7 +211,7 @@ def test_smoke_session_writes_what_the_device_tool_brings_back(tmp_path: Path) -
     assert len(files) <= MAX_FILES and all(PLAIN_NAME.fullmatch(name) for name in files)
     rows = results.load([out / "targets.json"])
     loss_rows = rows.select("op", op="dropclass_loss", mode="fwd+bwd", device="cpu", shape="smoke")
-    assert {(r["impl"], r["dtype"]) for r in loss_rows} >= set(itertools.product(("eager", "compile"), DTYPES))
+    assert {(r["impl"], r["dtype"]) for r in loss_rows} >= set(itertools.product(("eager", "compile"), cases.DTYPES))
     assert len(rows.select("copy", device="cpu")) == 1
     log = (out / "session.log").read_text()
     assert "=== commit 0123abc" in log and re.search(r"targets +exit 0, \d+ s; \d+ benchmark rows", log)
