@@ -15,16 +15,21 @@ from dropclass_fast import reference
 OPS = ("channel_mask", "seg_cross_entropy", "dropped_class_prob", "dropclass_loss")
 
 
-def tiny_op_calls() -> dict[str, Callable[[], object]]:
+def tiny_op_calls(
+    requires_grad: bool = False,
+) -> dict[str, Callable[[], tuple[torch.Tensor, tuple[torch.Tensor, ...]]]]:
     """A call of each of :data:`OPS` on tiny CPU inputs (K=4, per-batch keep), by op name: for the tests of what
-    reaches each op (its backend, its flags), not of values."""
-    logits, target = torch.randn(2, 4, 3, 3), torch.randint(0, 4, (2, 6, 6))
-    keep = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    reaches each op (its backend, its flags, its autograd), not of values. Each returns a scalar of the op's output
+    and the inputs it is differentiable in (with ``requires_grad`` set when asked)."""
+    logits = torch.randn(2, 4, 3, 3, requires_grad=requires_grad)
+    features = torch.randn(2, 3, 4, 4, requires_grad=requires_grad)
+    weight = torch.randn(4, 3, requires_grad=requires_grad)
+    target, keep = torch.randint(0, 4, (2, 6, 6)), torch.tensor([1.0, 0.0, 1.0, 1.0])
     return {
-        "channel_mask": lambda: dcf.channel_mask(torch.randn(2, 3, 4, 4), torch.randn(4, 3), keep),
-        "seg_cross_entropy": lambda: dcf.seg_cross_entropy(logits, target, keep),
-        "dropped_class_prob": lambda: dcf.dropped_class_prob(logits, keep),
-        "dropclass_loss": lambda: dcf.dropclass_loss(logits, logits * 2, target, keep, 0.5),
+        "channel_mask": lambda: (dcf.channel_mask(features, weight, keep).square().sum(), (features, weight)),
+        "seg_cross_entropy": lambda: (dcf.seg_cross_entropy(logits, target, keep), (logits,)),
+        "dropped_class_prob": lambda: (dcf.dropped_class_prob(logits, keep), (logits,)),
+        "dropclass_loss": lambda: (dcf.dropclass_loss(logits, logits * 2, target, keep, 0.5)[0], (logits,)),
     }
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from backends import CPU_BACKENDS, KERNEL_BACKENDS
 from op_inputs import make_keep, make_target
-from op_runs import OPS, assert_grad_close, run_op
+from op_runs import OPS, assert_grad_close, run_op, tiny_op_calls
 
 import dropclass_fast
 from dropclass_fast import functional as dcf
@@ -383,17 +383,9 @@ def test_backward_scales_by_the_upstream_gradient(cpp_backend, backend, op):
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("op", OPS)
 def test_double_backward_is_refused(cpp_backend, backend, op):
-    logits = torch.randn(2, 4, 3, 3, requires_grad=True)
-    target, keep = torch.randint(0, 4, (2, 6, 6)), torch.tensor([1.0, 0.0, 1.0, 1.0])
-    weight = torch.randn(4, 3, requires_grad=True)
-    features = torch.randn(2, 3, 4, 4, requires_grad=True)
+    call = tiny_op_calls(requires_grad=True)[op]
     with dropclass_fast.set_backend(backend):
-        out, inputs = {
-            "channel_mask": lambda: (dcf.channel_mask(features, weight, keep).square().sum(), (features, weight)),
-            "seg_cross_entropy": lambda: (dcf.seg_cross_entropy(logits, target, keep), (logits,)),
-            "dropped_class_prob": lambda: (dcf.dropped_class_prob(logits, keep), (logits,)),
-            "dropclass_loss": lambda: (dcf.dropclass_loss(logits, logits * 2, target, keep, 0.5)[0], (logits,)),
-        }[op]()
+        out, inputs = call()
     with pytest.raises(RuntimeError, match="does not support double backward"):
         torch.autograd.grad(out, inputs, create_graph=True)
 
