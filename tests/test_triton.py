@@ -361,7 +361,7 @@ def test_upsampling_past_the_widest_window_is_refused_by_triton_and_left_to_othe
     dropclass_loss either logits may be the one: drop_logits keep the classifier's resolution."""
     narrow = make_logits(2, 5, (3, 1))
     full = make_logits(2, 5, (4, 600))
-    target = op_inputs.make_target(2, 5, (4, 600))
+    target = make_target(2, 5, (4, 600))
     keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0], device=DEVICE)
     message = r"backend 'triton' cannot run this call: upsampling 1 logit columns to 600 label columns with K=5"
     with dropclass_fast.set_backend("triton"):
