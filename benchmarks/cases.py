@@ -36,7 +36,7 @@ from dropclass_fast import functional as dcf
 
 Case = dict[str, Any]
 
-OPS = ("channel_mask", "seg_cross_entropy", "dropped_class_prob", "dropclass_loss")
+OPS = dropclass_fast._backend.OPS
 MODES = ("fwd", "fwd+bwd")
 DTYPES = ("float32", "bfloat16")
 BACKEND_IMPLS = tuple(name for name in dropclass_fast._backend.BACKENDS if name != "auto")

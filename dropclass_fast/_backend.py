@@ -12,6 +12,9 @@ import torch
 from . import _extension
 
 BACKENDS = ("auto", "triton", "cuda", "cpp", "eager")
+#: The ops of :mod:`dropclass_fast.functional` with kernels of their own on every backend: the ``op`` that
+#: :func:`resolve` is asked about and the ops ``backend_table.json`` lists per GPU.
+OPS = ("channel_mask", "seg_cross_entropy", "dropped_class_prob", "dropclass_loss")
 TABLE_PATH = Path(__file__).resolve().parent / "backend_table.json"
 
 _current = "auto"

@@ -11,8 +11,7 @@ import dropclass_fast
 from dropclass_fast import functional as dcf
 from dropclass_fast import reference
 
-#: The ops of ``dropclass_fast.functional``, each with kernels of its own on every backend.
-OPS = ("channel_mask", "seg_cross_entropy", "dropped_class_prob", "dropclass_loss")
+OPS = dropclass_fast._backend.OPS
 
 
 def tiny_op_calls(
