@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from . import _extension
+from ._checks import check_choice
 
 BACKENDS = ("auto", "triton", "cuda", "cpp", "eager")
 #: The ops of :mod:`dropclass_fast.functional` with kernels of their own on every backend: the ``op`` that
@@ -60,8 +61,7 @@ class set_backend:  # noqa: N801 - used as a function, like torch.set_grad_enabl
 
     def __init__(self, name: str, deterministic: bool | None = None) -> None:
         global _current, _deterministic
-        if name not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+        check_choice("backend", name, BACKENDS)
         if deterministic is not None and not isinstance(deterministic, bool):
             raise TypeError(f"deterministic must be a bool or None, got {deterministic!r}")
         self._previous = (_current, _deterministic)

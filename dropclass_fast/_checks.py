@@ -1,4 +1,5 @@
-"""Argument checks for numbers and counts, shared across the package; each error names the argument and its value."""
+"""Argument checks for numbers, counts and choices, shared across the package; each error names the argument and its
+value."""
 
 from __future__ import annotations
 
@@ -53,6 +54,13 @@ def _refused(name: str, requirement: str, value: object) -> str:
     if isinstance(value, torch.Tensor):
         return f"{name} must be {requirement}, a Python or NumPy number, not a tensor (.item() gives one): {value!r}"
     return f"{name} must be {requirement}, got {value!r}"
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """``value`` itself; ValueError naming ``name``, the value and ``choices`` unless it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def check_ignore_index(ignore_index: object) -> int:

@@ -395,7 +395,8 @@ def test_command_line_refuses_options_before_any_work(tmp_path, capsys):
      ("fill", (1, 2), "fill must be 'mean' or an RGB triple"),
      ("probe_lr", 0.0, "probe_lr must be a finite positive number, got 0.0"),
      ("lr", True, "lr must be a finite positive number, got True"),
-     ("seeds", (0, 2**32), r"seed must be an int in \[0, 2\*\*32\), got 4294967296")],
+     ("seeds", (0, 2**32), r"seed must be an int in \[0, 2\*\*32\), got 4294967296"),
+     ("reference", "teacher", r"reference must be one of \('baseline', 'dropclass'\), got 'teacher'")],
 )
 def test_experiment_config_refuses_values_that_would_fail_after_training(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -9,10 +9,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from .._checks import check_int, check_optional_int
+from .._checks import check_choice, check_int, check_optional_int
 from ..metrics import ConfusionMatrix
 from ..train import evaluate
-from ..train.config import check_amp
+from ..train.config import AMP_MODES
 from ..train.distributed import DistributedContext
 
 
@@ -35,7 +35,7 @@ class EvalOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
         object.__setattr__(self, "limit", check_optional_int("limit", self.limit))
-        check_amp(self.amp)
+        check_choice("amp", self.amp, AMP_MODES)
         object.__setattr__(self, "workers", check_int("workers", self.workers, minimum=0))
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._checks import check_int, check_optional_int
+from .._checks import check_choice, check_int, check_optional_int
 from ..data import SyntheticStreets
 from ..data.base import check_seed
 from ..metrics import mean_iou
@@ -90,8 +90,7 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.model not in ("hrnet_v1", "hrnet_v2"):
             raise ValueError(f"model must be 'hrnet_v1' or 'hrnet_v2', got {self.model!r}")
-        if self.reference not in METHODS:
-            raise ValueError(f"reference must be one of {METHODS}, got {self.reference!r}")
+        check_choice("reference", self.reference, METHODS)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct ints, got {self.seeds!r}")
         object.__setattr__(self, "seeds", tuple(check_seed(seed) for seed in self.seeds))  # NumPy ints as ints

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .._checks import check_optional_int
+from .._checks import check_choice, check_optional_int
 from ..data import SegmentationDataset
 
 FREQUENCY_MODES = ("pixel", "image")
@@ -48,8 +48,7 @@ def class_frequency(
             Table B-1); ``"image"``: the number of images each class appears in,
             normalised over the classes (VOC's "instance frequency", Table C-2).
     """
-    if mode not in FREQUENCY_MODES:
-        raise ValueError(f"mode must be one of {FREQUENCY_MODES}, got {mode!r}")
+    check_choice("mode", mode, FREQUENCY_MODES)
     if not isinstance(dataset, SegmentationDataset):
         raise TypeError(f"dataset must be a SegmentationDataset, got {type(dataset).__name__}")
     limit = check_optional_int("limit", limit)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .._checks import check_choice
 from .base import SegmentationDataset, Transform
 from .cityscapes import Cityscapes
 from .synthetic import SceneConfig, SyntheticStreets, make_scene
@@ -40,8 +41,7 @@ def build_dataset(
     ``seed`` for all; ``no_background`` and ``sbd`` for VOC; ``length``, ``size``
     and the :class:`SceneConfig` options for the synthetic scenes.
     """
-    if name not in DATASET_NAMES:
-        raise ValueError(f"name must be one of {DATASET_NAMES}, got {name!r}")
+    check_choice("name", name, DATASET_NAMES)
     if name == "synthetic":
         if root is not None:
             raise ValueError(f"the synthetic dataset is generated, it reads no files: root must be None, got {root!r}")

@@ -8,19 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_bool, check_finite, check_int, check_optional_int, check_size
+from .._checks import check_bool, check_choice, check_finite, check_int, check_optional_int, check_size
 from ..data.base import check_seed
 from ..models import MODEL_NAMES
 
 METHODS = ("baseline", "dropclass")
 AMP_MODES = ("none", "bf16", "fp16")
-
-
-def check_amp(amp: object) -> str:
-    """``amp`` itself; ValueError naming it unless it is one of :data:`AMP_MODES`."""
-    if amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
-    return amp  # type: ignore[return-value]
 
 
 def check_learning_rate(name: str, value: object) -> float:
@@ -107,9 +100,8 @@ class TrainConfig:
             datasets = sorted({d for d, _ in RECIPES})
             raise ValueError(f"no recipe for dataset {self.dataset!r} and model {self.model!r}; "
                              f"datasets: {datasets}, models: {list(MODEL_NAMES)}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        check_amp(self.amp)
+        check_choice("method", self.method, METHODS)
+        check_choice("amp", self.amp, AMP_MODES)
         for name in ("batch_size", "epochs", "iters", "stop_after", "eval_limit"):
             setattr(self, name, check_optional_int(name, getattr(self, name)))
         for name in ("eval_batch_size", "log_every"):

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .. import functional as dcf
-from .._checks import check_int, check_int_in, check_optional_int
+from .._checks import check_choice, check_int, check_int_in, check_optional_int
 from ..data import EvalTransform, build_dataset
 from ..loss import DropClassLoss
 from ..metrics import ConfusionMatrix, format_iou_table, mean_iou
@@ -35,7 +35,7 @@ from ..models import (
 from ..module import DropClassOutput, mix_seed
 from .batchnorm import recalibrate_batchnorm
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from .config import TrainConfig, check_amp
+from .config import AMP_MODES, TrainConfig
 from .distributed import DistributedContext, init_distributed, shutdown_distributed
 from .logger import CsvLog
 from .sampler import ResumableSampler
@@ -103,7 +103,7 @@ def evaluate(
     """
     batch_size = check_int("batch_size", batch_size)
     workers = check_int("workers", workers, minimum=0)
-    check_amp(amp)
+    check_choice("amp", amp, AMP_MODES)
     limit = check_optional_int("limit", limit)
     was_training = model.training
     model.eval()
