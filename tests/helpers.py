@@ -1,11 +1,27 @@
-"""Helpers several test modules share: a free port for process groups, and confusion matrices and IoU computed
-with NumPy (independent of ``ConfusionMatrix`` and the evaluation loop)."""
+"""Helpers several test modules share: a free port for process groups, confusion matrices and IoU computed with
+NumPy (independent of ``ConfusionMatrix`` and the evaluation loop), and where a CUDA toolkit program is."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+from pathlib import Path
 
 import numpy as np
+
+#: Where :func:`find_cuda_tool` looks, in this order (for skip reasons).
+CUDA_TOOL_PLACES = "CUDA_HOME, CUDA_PATH, /usr/local/cuda, PATH"
+
+
+def find_cuda_tool(name: str) -> Path | None:
+    """The CUDA toolkit program ``name`` (``nvcc``, ``compute-sanitizer``) in the ``bin`` folder of ``$CUDA_HOME``,
+    ``$CUDA_PATH`` or ``/usr/local/cuda``, else on ``PATH``; None where none has it."""
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / name).is_file():
+            return Path(home) / "bin" / name
+    found = shutil.which(name)
+    return Path(found) if found else None
 
 
 def free_port() -> int:

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import CUDA_TOOL_PLACES, find_cuda_tool
 
 from dropclass_fast import _build
 
@@ -40,16 +41,8 @@ BINDINGS = sorted((CSRC / "cuda").glob("*.cpp"))
 NVCC_WARNING_FLAGS = ["-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror"]
 
 
-def _find_nvcc() -> Path | None:
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and (Path(home) / "bin" / "nvcc").is_file():
-            return Path(home) / "bin" / "nvcc"
-    found = shutil.which("nvcc")
-    return Path(found) if found else None
-
-
-NVCC = _find_nvcc()
-needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA_HOME, CUDA_PATH, /usr/local/cuda, PATH)")
+NVCC = find_cuda_tool("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason=f"nvcc not found ({CUDA_TOOL_PLACES})")
 
 
 CPP_TESTS = CSRC / "tests"

@@ -7,7 +7,6 @@ run beside it (``benchmarks/gpu_session.py``). Where the device is not supported
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CUDA_TOOL_PLACES, find_cuda_tool
 
 pytestmark = [
     pytest.mark.gpu,
@@ -56,13 +56,6 @@ SANITIZED_CALLS = textwrap.dedent(
 )
 
 
-def _compute_sanitizer() -> str | None:
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and (Path(home) / "bin" / "compute-sanitizer").is_file():
-            return str(Path(home) / "bin" / "compute-sanitizer")
-    return shutil.which("compute-sanitizer")
-
-
 # The summary line of a clean run: racecheck counts hazards, not errors.
 SANITIZER_CLEAN = {
     "memcheck": "ERROR SUMMARY: 0 errors",
@@ -72,9 +65,9 @@ SANITIZER_CLEAN = {
 
 @pytest.mark.parametrize("tool", sorted(SANITIZER_CLEAN))
 def test_compute_sanitizer_is_clean(tool, tmp_path):
-    sanitizer = _compute_sanitizer()
+    sanitizer = find_cuda_tool("compute-sanitizer")
     if sanitizer is None:
-        pytest.skip("compute-sanitizer not found (CUDA_HOME, CUDA_PATH, /usr/local/cuda, PATH)")
+        pytest.skip(f"compute-sanitizer not found ({CUDA_TOOL_PLACES})")
     script = tmp_path / "calls.py"
     script.write_text(SANITIZED_CALLS)
     # Without torch's caching allocator every tensor is its own cudaMalloc, whose bounds memcheck knows: a read
