@@ -21,6 +21,22 @@ def is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def int_list(name: str, values: object, kind: str) -> list[int]:
+    """``values`` as a list of Python ints; TypeError naming ``name`` and ``kind`` (what the ints are) unless it is
+    a sequence of integers (Python or NumPy) or a 1-D integer tensor or NumPy array. Bools and floats are refused:
+    ``int()`` would truncate ``1.7`` and read ``True`` as ``1``."""
+    if isinstance(values, torch.Tensor):
+        integral = values.dim() == 1 and not (values.is_floating_point() or values.is_complex())
+        accepted = integral and values.dtype != torch.bool
+    elif isinstance(values, np.ndarray):
+        accepted = values.ndim == 1 and np.issubdtype(values.dtype, np.integer)
+    else:
+        accepted = isinstance(values, Sequence) and not isinstance(values, str) and all(is_int(v) for v in values)
+    if not accepted:
+        raise TypeError(f"{name} must be a sequence of integer {kind}, got {values!r}")
+    return [int(v) for v in (values.tolist() if isinstance(values, (torch.Tensor, np.ndarray)) else values)]
+
+
 def require_tensor(name: str, value: object) -> torch.Tensor:
     """``value`` itself; TypeError naming ``name`` unless it is a tensor."""
     if not isinstance(value, torch.Tensor):

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from ._checks import check_ignore_index, check_int, check_int_in
+from ._checks import check_ignore_index, check_int, check_int_in, int_list
 
 
 class ConfusionMatrix:
@@ -114,7 +114,8 @@ def _percent(value: float) -> str:
 
 def subset_miou(iou: torch.Tensor, classes: Sequence[int]) -> float:
     """Mean of ``iou`` (floating ``[K]``) over the class indices ``classes`` (NaN entries skipped, as in
-    :func:`mean_iou`)."""
+    :func:`mean_iou`): distinct integers, as a sequence or a 1-D integer tensor or array (floats and bools are
+    refused, not truncated)."""
     iou = _check_vector(iou, "iou")
     indices = _check_class_indices(classes, iou.numel(), "classes")
     return mean_iou(iou[indices])
@@ -174,7 +175,7 @@ def _check_vector(values: object, name: str) -> torch.Tensor:
 
 
 def _check_class_indices(classes: Sequence[int], num_classes: int, name: str) -> list[int]:
-    indices = [int(c) for c in classes]
+    indices = int_list(name, classes, "class indices")
     if not indices or any(not 0 <= c < num_classes for c in indices) or len(set(indices)) != len(indices):
         raise ValueError(f"{name} must be distinct class indices in [0, {num_classes}), got {list(classes)}")
     return indices

@@ -119,6 +119,7 @@ def test_erased_dataset_is_the_dataset_with_pixels_filled():
         with pytest.raises(TypeError, match="classes must be a sequence of integer train ids, got"):
             ErasedDataset(dataset, truncated)
     assert ErasedDataset(dataset, [np.int64(3), 1, 3]).classes == (1, 3)
+    assert ErasedDataset(dataset, torch.tensor([3, 1])).classes == (1, 3)
 
 
 def test_unbiased_iou_refuses_erase_sets_it_would_truncate_or_that_hold_the_class():

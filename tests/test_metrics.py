@@ -78,6 +78,25 @@ def test_subsets_match_numpy_on_random_data():
 
 
 @pytest.mark.parametrize(
+    "classes", [[3, 1], (np.int64(3), 1), torch.tensor([3, 1]), torch.tensor([3, 1], dtype=torch.uint8),
+                np.array([3, 1], dtype=np.int32)]
+)
+def test_subset_miou_takes_integer_sequences_tensors_and_arrays(classes):
+    iou = torch.tensor([0.1, 0.2, 0.3, 0.7], dtype=torch.float64)
+    assert subset_miou(iou, classes) == pytest.approx((0.2 + 0.7) / 2)
+
+
+@pytest.mark.parametrize(
+    "classes", [[1.7], [True], [1, 2.0], torch.tensor([1.0]), torch.tensor([True]), np.array([1.0]), torch.tensor(1),
+                torch.tensor([[1]]), "1", [torch.tensor(1)]]
+)
+def test_subset_miou_refuses_class_indices_it_would_truncate(classes):
+    """``int()`` would have read 1.7 and True as class 1 and averaged it without a word."""
+    with pytest.raises(TypeError, match="classes must be a sequence of integer class indices, got"):
+        subset_miou(torch.tensor([0.1, 0.2, 0.3]), classes)
+
+
+@pytest.mark.parametrize(
     ("call", "message"),
     [
         (lambda: least_frequent_classes(torch.ones(4), count=5), r"count must be an int in \[1, 4\]"),

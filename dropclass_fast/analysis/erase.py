@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._checks import is_int
+from .._checks import int_list, is_int
 from ..data import SegmentationDataset
 from ..data.transforms import check_pair
 
@@ -58,13 +58,13 @@ def erase_classes(
 
 
 def check_class_ids(name: str, classes: object, num_classes: int) -> tuple[int, ...]:
-    """``classes`` as sorted distinct ints; TypeError naming ``name`` unless it is a sequence of integers (not
-    bools or floats, which would be truncated), ValueError unless each is a train id in ``[0, num_classes)``."""
-    if not isinstance(classes, Sequence) or isinstance(classes, str) or not all(is_int(c) for c in classes):
-        raise TypeError(f"{name} must be a sequence of integer train ids, got {classes!r}")
-    if any(not 0 <= c < num_classes for c in classes):
-        raise ValueError(f"{name} must be train ids in [0, {num_classes}), got {list(classes)}")
-    return tuple(sorted({int(c) for c in classes}))
+    """``classes`` as sorted distinct ints; TypeError naming ``name`` unless it is a sequence of integers or a 1-D
+    integer tensor or array (:func:`~dropclass_fast._checks.int_list`), ValueError unless each is a train id in
+    ``[0, num_classes)``."""
+    ids = int_list(name, classes, "train ids")
+    if any(not 0 <= c < num_classes for c in ids):
+        raise ValueError(f"{name} must be train ids in [0, {num_classes}), got {ids}")
+    return tuple(sorted(set(ids)))
 
 
 class ErasedDataset(SegmentationDataset):
