@@ -177,5 +177,5 @@ def _check_vector(values: object, name: str) -> torch.Tensor:
 def _check_class_indices(classes: Sequence[int], num_classes: int, name: str) -> list[int]:
     indices = int_list(name, classes, "class indices")
     if not indices or any(not 0 <= c < num_classes for c in indices) or len(set(indices)) != len(indices):
-        raise ValueError(f"{name} must be distinct class indices in [0, {num_classes}), got {list(classes)}")
+        raise ValueError(f"{name} must be distinct class indices in [0, {num_classes}), got {indices}")
     return indices

@@ -105,6 +105,8 @@ def test_subset_miou_refuses_class_indices_it_would_truncate(classes):
         (lambda: most_vulnerable_classes(torch.zeros(8)), r"count must be an int in \[1, 8\]"),
         (lambda: subset_miou(torch.zeros(3), [0, 3]), r"classes must be distinct class indices in \[0, 3\)"),
         (lambda: subset_miou(torch.zeros(3), []), "classes must be distinct"),
+        (lambda: subset_miou(torch.zeros(3), torch.tensor([0, 3])),
+         r"classes must be distinct class indices in \[0, 3\), got \[0, 3\]$"),  # the ints, not tensor(0)
         (lambda: subset_miou(torch.zeros(3, 1), [0]), r"iou must be a 1-D floating tensor \[K\], got shape \(3, 1\)"),
         (lambda: mean_iou(torch.zeros(2, 2)), r"iou must be a 1-D floating tensor \[K\], got shape \(2, 2\)"),
         (lambda: mean_iou([0.5, 0.5]), r"iou must be a 1-D floating tensor \[K\], got <class 'list'>"),
