@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -112,7 +113,7 @@ def _percent(value: float) -> str:
     return "n/a" if value != value else f"{value:.1f}"
 
 
-def subset_miou(iou: torch.Tensor, classes: Sequence[int]) -> float:
+def subset_miou(iou: torch.Tensor, classes: Sequence[int] | torch.Tensor | np.ndarray) -> float:
     """Mean of ``iou`` (floating ``[K]``) over the class indices ``classes`` (NaN entries skipped, as in
     :func:`mean_iou`): distinct integers, as a sequence or a 1-D integer tensor or array (floats and bools are
     refused, not truncated)."""
@@ -174,7 +175,7 @@ def _check_vector(values: object, name: str) -> torch.Tensor:
     return values
 
 
-def _check_class_indices(classes: Sequence[int], num_classes: int, name: str) -> list[int]:
+def _check_class_indices(classes: object, num_classes: int, name: str) -> list[int]:
     indices = int_list(name, classes, "class indices")
     if not indices or any(not 0 <= c < num_classes for c in indices) or len(set(indices)) != len(indices):
         raise ValueError(f"{name} must be distinct class indices in [0, {num_classes}), got {indices}")
