@@ -33,6 +33,7 @@ import torch
 import dropclass_fast
 from dropclass_fast import _extension, reference
 from dropclass_fast import functional as dcf
+from dropclass_fast._checks import check_choice
 
 Case = dict[str, Any]
 
@@ -96,12 +97,9 @@ def bytes_moved(case: Case) -> int:
 
 
 def _check_case(case: Case) -> None:
-    if case["op"] not in OPS:
-        raise ValueError(f"case op must be one of {OPS}, got {case['op']!r}")
-    if case["impl"] not in IMPLS:
-        raise ValueError(f"case impl must be one of {IMPLS}, got {case['impl']!r}")
-    if case.get("mode", "fwd+bwd") not in MODES:
-        raise ValueError(f"case mode must be one of {MODES}, got {case['mode']!r}")
+    check_choice("case op", case["op"], OPS)
+    check_choice("case impl", case["impl"], IMPLS)
+    check_choice("case mode", case.get("mode", "fwd+bwd"), MODES)
 
 
 def _op_inputs(

@@ -32,6 +32,7 @@ from torch import nn
 
 import dropclass_fast
 from dropclass_fast import functional as dcf
+from dropclass_fast._checks import check_choice
 from dropclass_fast.models import build_model
 
 VARIANTS = ("baseline", "baseline_fused", "official", "dropclass_fast")
@@ -51,10 +52,8 @@ IGNORE_INDEX = 255
 
 
 def _check_step_case(case: dict[str, Any]) -> None:
-    if case.get("variant") not in VARIANTS:
-        raise ValueError(f"case variant must be one of {VARIANTS}, got {case.get('variant')!r}")
-    if case.get("precision", "float32") not in PRECISIONS:
-        raise ValueError(f"case precision must be one of {PRECISIONS}, got {case.get('precision')!r}")
+    check_choice("case variant", case.get("variant"), VARIANTS)
+    check_choice("case precision", case.get("precision", "float32"), PRECISIONS)
 
 
 def _autocast(case: dict[str, Any]) -> Callable[[], AbstractContextManager[Any]]:

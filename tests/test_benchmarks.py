@@ -37,6 +37,7 @@ import peak_memory  # noqa: E402
 import report  # noqa: E402
 import results  # noqa: E402
 import targets  # noqa: E402
+import train_step  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CPU_IMPLS = ("eager", "cpp", "compile")
@@ -205,6 +206,23 @@ def test_bytes_moved_counts_inputs_outputs_and_gradients_once() -> None:
     assert cases.bytes_moved({"op": "dropclass_loss", **shape}) == 4 * logits_f32 + labels
     assert cases.bytes_moved({"op": "dropped_class_prob", "mode": "fwd", **shape}) == logits_f32
     assert cases.bytes_moved({"op": "channel_mask", "dtype": "bfloat16", **shape}) == 5 * features_bf16
+
+
+@pytest.mark.parametrize(
+    ("build", "case", "message"),
+    [
+        (cases.build_op, {"op": "softmax", "impl": "eager"}, "case op must be one of .*, got 'softmax'"),
+        (cases.build_op, {"op": "channel_mask", "impl": "tvm"}, "case impl must be one of .*, got 'tvm'"),
+        (cases.build_op, {"op": "channel_mask", "impl": "eager", "mode": "bwd"},
+         r"case mode must be one of \('fwd', 'fwd\+bwd'\), got 'bwd'"),
+        (train_step.build_step, {"precision": "float32"}, "case variant must be one of .*, got None"),
+        (train_step.build_step, {"variant": "official", "precision": "fp16"},
+         r"case precision must be one of \('float32', 'bf16-autocast'\), got 'fp16'"),
+    ],
+)
+def test_benchmark_cases_name_the_field_and_value_they_refuse(build, case: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        build(case)
 
 
 def _row(impl: str, median_s: float, peak: float) -> dict:
