@@ -335,7 +335,8 @@ def test_build_model_names_and_options():
         baseline = build_model(name, num_classes=4, dropclass=False)
         assert baseline.dropclass is None
         assert not any(key.endswith("_extra_state") for key in baseline.state_dict())
-    with pytest.raises(ValueError, match="hrnet_v3"):
+    refusal = r"^name must be one of \('hrnet_v1', 'hrnet_v2', 'deeplabv3'\), got 'hrnet_v3'$"
+    with pytest.raises(ValueError, match=refusal):
         build_model("hrnet_v3", num_classes=4, dropclass=True)
     with pytest.raises(ValueError, match="dropclass=True"):
         build_model("hrnet_v1", num_classes=4, dropclass=False, seed=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._checks import check_choice
 from .base import SegmentationModel
 from .deeplabv3 import deeplabv3_mobilenet_v3_large
 from .hrnet import hrnet_w18_small
@@ -29,8 +30,7 @@ def build_model(name: str, num_classes: int, dropclass: bool, **kwargs: Any) -> 
         ``DropClassOutput`` in training with DropClass, low-resolution logits
         ``[B, K, h, w]`` otherwise; ``model.dropclass`` is the ``DropClass`` or ``None``.
     """
-    if name in ("hrnet_v1", "hrnet_v2"):
-        return hrnet_w18_small(name.removeprefix("hrnet_"), num_classes, dropclass, **kwargs)
+    check_choice("name", name, MODEL_NAMES)
     if name == "deeplabv3":
         return deeplabv3_mobilenet_v3_large(num_classes, dropclass, **kwargs)
-    raise ValueError(f"name must be one of {MODEL_NAMES}, got {name!r}")
+    return hrnet_w18_small(name.removeprefix("hrnet_"), num_classes, dropclass, **kwargs)
