@@ -43,6 +43,8 @@ DTYPES = ("float32", "bfloat16")
 BACKEND_IMPLS = tuple(name for name in dropclass_fast._backend.BACKENDS if name != "auto")
 IMPLS = (*BACKEND_IMPLS, "compile")
 GPU_BACKENDS = ("triton", "cuda")
+#: What an op case gets for each of these fields it leaves out (:func:`bytes_moved` and :func:`build_op` fill them in).
+OP_CASE_DEFAULTS: Case = {"mode": "fwd+bwd", "dtype": "float32", "device": "cpu", "threads": 2, "seed": 0}
 
 #: Op shapes by name. ``cpu``: the CPU-sized Cityscapes crop; ``cityscapes`` / ``voc``: the
 #: paper's per-GPU shapes (C = 270, HRNet-W18-small-v2's A); ``smoke``: one quick call per case.
@@ -83,8 +85,9 @@ def bytes_moved(case: Case) -> int:
 
     Labels count as int64 (8 bytes a pixel), as the cases make them; weights and scalars are left out.
     """
-    op, mode = case["op"], case.get("mode", "fwd+bwd")
-    size = torch.empty((), dtype=getattr(torch, case.get("dtype", "float32"))).element_size()
+    case = {**OP_CASE_DEFAULTS, **case}
+    op, mode = case["op"], case["mode"]
+    size = torch.empty((), dtype=getattr(torch, case["dtype"])).element_size()
     batch, classes = int(case["B"]), int(case["K"])
     if op == "channel_mask":
         features = batch * int(case["C"]) * case["h"] * case["w"] * size
@@ -99,7 +102,7 @@ def bytes_moved(case: Case) -> int:
 def _check_case(case: Case) -> None:
     check_choice("case op", case["op"], OPS)
     check_choice("case impl", case["impl"], IMPLS)
-    check_choice("case mode", case.get("mode", "fwd+bwd"), MODES)
+    check_choice("case mode", case["mode"], MODES)
 
 
 def _op_inputs(
@@ -107,8 +110,8 @@ def _op_inputs(
 ) -> tuple[tuple[Any, ...], list[torch.Tensor], torch.Tensor | None]:
     """``(args, leaves, cotangent)``: the op's positional arguments (the same for ``dcf`` and ``reference``),
     the tensors that get gradients, and the output gradient (``None`` for a scalar loss)."""
-    dtype = getattr(torch, case.get("dtype", "float32"))
-    device = torch.device(case.get("device", "cpu"))
+    dtype = getattr(torch, case["dtype"])
+    device = torch.device(case["device"])
     batch, classes = int(case["B"]), int(case["K"])
 
     def leaf(*shape: int, scale: float = 1.0) -> torch.Tensor:
@@ -145,9 +148,10 @@ def _synchronize(device: str) -> Callable[[], None]:
 
 def build_op(case: Case) -> Runner:
     """Inputs of an op case, made once (seeded by ``case["seed"]``, default 0), and a :class:`Runner` of one call."""
+    case = {**OP_CASE_DEFAULTS, **case}
     _check_case(case)
-    torch.set_num_threads(int(case.get("threads", 2)))
-    generator = torch.Generator().manual_seed(int(case.get("seed", 0)))
+    torch.set_num_threads(int(case["threads"]))
+    generator = torch.Generator().manual_seed(int(case["seed"]))
     args, leaves, cotangent = _op_inputs(case, generator)
     op, impl = case["op"], case["impl"]
     if impl == "compile":
@@ -170,8 +174,8 @@ def build_op(case: Case) -> Runner:
         for tensor in leaves:
             tensor.grad = None
 
-    synchronize = _synchronize(case.get("device", "cpu"))
-    if case.get("mode", "fwd+bwd") == "fwd":
+    synchronize = _synchronize(case["device"])
+    if case["mode"] == "fwd":
 
         def run() -> None:
             with torch.no_grad():

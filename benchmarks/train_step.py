@@ -37,6 +37,8 @@ from dropclass_fast.models import build_model
 
 VARIANTS = ("baseline", "baseline_fused", "official", "dropclass_fast")
 PRECISIONS = ("float32", "bf16-autocast")
+#: What a training-step case gets for each of these fields it leaves out (:func:`build_step` fills them in).
+STEP_CASE_DEFAULTS: dict[str, Any] = {"precision": "float32", "device": "cpu", "threads": 2, "seed": 0}
 MODEL = "hrnet_v2"
 
 #: Image shapes by name: ``cpu`` a small crop, ``cityscapes`` the paper's per-GPU crop and batch.
@@ -53,13 +55,13 @@ IGNORE_INDEX = 255
 
 def _check_step_case(case: dict[str, Any]) -> None:
     check_choice("case variant", case.get("variant"), VARIANTS)
-    check_choice("case precision", case.get("precision", "float32"), PRECISIONS)
+    check_choice("case precision", case["precision"], PRECISIONS)
 
 
 def _autocast(case: dict[str, Any]) -> Callable[[], AbstractContextManager[Any]]:
-    if case.get("precision", "float32") == "float32":
+    if case["precision"] == "float32":
         return nullcontext
-    device_type = torch.device(case.get("device", "cpu")).type
+    device_type = torch.device(case["device"]).type
     return lambda: torch.autocast(device_type, dtype=torch.bfloat16)
 
 
@@ -96,10 +98,11 @@ def _variant(
 
 def build_step(case: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], None]]:
     """Model, optimizer and seeded inputs of a training-step case; ``(run, clear)``: one step, and freeing its grads."""
+    case = {**STEP_CASE_DEFAULTS, **case}
     _check_step_case(case)
-    torch.set_num_threads(int(case.get("threads", 2)))
-    device = torch.device(case.get("device", "cpu"))
-    generator = torch.Generator().manual_seed(int(case.get("seed", 0)))
+    torch.set_num_threads(int(case["threads"]))
+    device = torch.device(case["device"])
+    generator = torch.Generator().manual_seed(int(case["seed"]))
     batch, classes = int(case["B"]), int(case["K"])
     images = torch.randn(batch, 3, case["H"], case["W"], generator=generator).to(device)
     target = torch.randint(0, classes, (batch, case["H"], case["W"]), generator=generator)
@@ -108,7 +111,7 @@ def build_step(case: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], N
     keep = torch.ones(classes, device=device)
     keep[DROPPED_CLASS] = 0.0
 
-    torch.manual_seed(int(case.get("seed", 0)))  # the same initial weights for every variant
+    torch.manual_seed(int(case["seed"]))  # the same initial weights for every variant
     module, loss_closure = _variant(case, images, target, keep)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     autocast = _autocast(case)
@@ -130,6 +133,6 @@ def build_step(case: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], N
 
 def effective_backend(case: dict[str, Any]) -> str:
     """The implementations ``"auto"`` resolves to for the DropClass ops on ``case["device"]``, e.g. ``"cpp"``."""
-    device_type = torch.device(case.get("device", "cpu")).type
+    device_type = torch.device(case.get("device", STEP_CASE_DEFAULTS["device"])).type
     with dropclass_fast.set_backend("auto"):
         return "/".join(sorted({dropclass_fast._backend.resolve(device_type, op) for op in dcf.__all__}))
