@@ -10,6 +10,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+#: What :func:`int_list` takes: a sequence of integers (Python or NumPy), or a 1-D integer tensor or NumPy array.
+IntListLike = Sequence[int] | torch.Tensor | np.ndarray
+
 
 def is_number(value: object) -> bool:
     """A real number (Python or NumPy scalar), not a bool."""

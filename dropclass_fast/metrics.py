@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from ._checks import check_ignore_index, check_int, check_int_in, int_list
+from ._checks import IntListLike, check_ignore_index, check_int, check_int_in, int_list
 
 
 class ConfusionMatrix:
@@ -113,7 +112,7 @@ def _percent(value: float) -> str:
     return "n/a" if value != value else f"{value:.1f}"
 
 
-def subset_miou(iou: torch.Tensor, classes: Sequence[int] | torch.Tensor | np.ndarray) -> float:
+def subset_miou(iou: torch.Tensor, classes: IntListLike) -> float:
     """Mean of ``iou`` (floating ``[K]``) over the class indices ``classes`` (NaN entries skipped, as in
     :func:`mean_iou`): distinct integers, as a sequence or a 1-D integer tensor or array (floats and bools are
     refused, not truncated)."""

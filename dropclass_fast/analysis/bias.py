@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._checks import check_int_in
+from .._checks import IntListLike, check_int_in
 from ..data import SegmentationDataset
 from ..metrics import mean_iou, subset_miou, vulnerability_order
 from ._evaluation import DEFAULT_EVAL, EvalOptions, confusion_of
@@ -64,13 +64,14 @@ def top_influential(influence: torch.Tensor, count: int = 3) -> tuple[tuple[int,
 def unbiased_iou(
     model: nn.Module,
     dataset: SegmentationDataset,
-    erase_sets: Sequence[Sequence[int]],
+    erase_sets: Sequence[IntListLike],
     fill: Fill = "mean",
     options: EvalOptions = DEFAULT_EVAL,
 ) -> torch.Tensor:
     """IoU on ``I*``, ``[K]`` float64: entry ``c`` is class ``c``'s IoU on ``dataset`` with ``erase_sets[c]`` erased.
 
-    Classes with the same erase set share one evaluation pass.
+    Each erase set is a sequence of train ids or a 1-D integer tensor or array; classes with the same erase set share
+    one evaluation pass.
     """
     k = dataset.num_classes
     if len(erase_sets) != k:

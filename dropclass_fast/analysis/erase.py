@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._checks import int_list, is_int
+from .._checks import IntListLike, int_list, is_int
 from ..data import SegmentationDataset
 from ..data.transforms import check_pair
 
@@ -78,11 +78,11 @@ class ErasedDataset(SegmentationDataset):
 
     Args:
         dataset: any :class:`~dropclass_fast.data.SegmentationDataset`.
-        classes: train ids to erase (may be empty).
+        classes: train ids to erase (may be empty): a sequence of ints or a 1-D integer tensor or array.
         fill: ``"mean"`` (the dataset's mean colour) or an RGB triple of ints in ``[0, 255]``.
     """
 
-    def __init__(self, dataset: SegmentationDataset, classes: Sequence[int], fill: Fill = "mean") -> None:
+    def __init__(self, dataset: SegmentationDataset, classes: IntListLike, fill: Fill = "mean") -> None:
         if not isinstance(dataset, SegmentationDataset):
             raise TypeError(f"dataset must be a SegmentationDataset, got {type(dataset).__name__}")
         classes = check_class_ids("classes", classes, dataset.num_classes)
