@@ -132,6 +132,9 @@ def test_unbiased_iou_refuses_erase_sets_it_would_truncate_or_that_hold_the_clas
         unbiased_iou(nn.Identity(), dataset, sets[:1] + [[9]] + sets[2:])
     with pytest.raises(ValueError, match=r"erase_sets\[3\] = \[3\] contains class 3 itself"):
         unbiased_iou(nn.Identity(), dataset, sets[:3] + [[3]] + sets[4:])
+    # a tensor erase set is shown as the ids it erases, not as [tensor(3), tensor(1)]
+    with pytest.raises(ValueError, match=r"^erase_sets\[3\] = \[1, 3\] contains class 3 itself$"):
+        unbiased_iou(nn.Identity(), dataset, sets[:3] + [torch.tensor([3, 1])] + sets[4:])
 
 
 def test_top_influential_ranks_and_skips_the_class_itself():

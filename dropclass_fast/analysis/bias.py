@@ -81,7 +81,7 @@ def unbiased_iou(
     for c, classes in enumerate(erase_sets):
         key = check_class_ids(f"erase_sets[{c}]", classes, k)
         if c in key:
-            raise ValueError(f"erase_sets[{c}] = {list(classes)} contains class {c} itself")
+            raise ValueError(f"erase_sets[{c}] = {list(key)} contains class {c} itself")
         groups.setdefault(key, []).append(c)
     for key, members in groups.items():
         iou = confusion_of(model, ErasedDataset(dataset, key, fill), k, options).iou()
