@@ -100,8 +100,8 @@ def bytes_moved(case: Case) -> int:
 
 
 def _check_case(case: Case) -> None:
-    check_choice("case op", case["op"], OPS)
-    check_choice("case impl", case["impl"], IMPLS)
+    check_choice("case op", case.get("op"), OPS)
+    check_choice("case impl", case.get("impl"), IMPLS)
     check_choice("case mode", case["mode"], MODES)
 
 

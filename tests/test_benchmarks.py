@@ -212,6 +212,8 @@ def test_bytes_moved_counts_inputs_outputs_and_gradients_once() -> None:
     ("build", "case", "message"),
     [
         (cases.build_op, {"op": "softmax", "impl": "eager"}, "case op must be one of .*, got 'softmax'"),
+        (cases.build_op, {"impl": "eager"}, "case op must be one of .*, got None"),
+        (cases.build_op, {"op": "channel_mask"}, "case impl must be one of .*, got None"),
         (cases.build_op, {"op": "channel_mask", "impl": "tvm"}, "case impl must be one of .*, got 'tvm'"),
         (cases.build_op, {"op": "channel_mask", "impl": "eager", "mode": "bwd"},
          r"case mode must be one of \('fwd', 'fwd\+bwd'\), got 'bwd'"),
