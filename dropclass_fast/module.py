@@ -30,6 +30,14 @@ def mix_seed(*values: int) -> int:
     return h >> 1
 
 
+def _check_sample_index(sample_index: object, batch_size: int) -> None:
+    """Refuses global sample indices that are not an integer tensor ``[batch_size]``."""
+    if not isinstance(sample_index, torch.Tensor) or sample_index.dtype not in dcf.LABEL_DTYPES:
+        raise TypeError(f"sample_index must be an integer tensor, got {sample_index!r}")
+    if sample_index.shape != (batch_size,):
+        raise ValueError(f"sample_index must have shape [B]=[{batch_size}], got {tuple(sample_index.shape)}")
+
+
 class DropClassOutput(NamedTuple):
     """What :class:`DropClass` returns in training mode.
 
@@ -123,22 +131,21 @@ class DropClass(nn.Module):
         """The keep mask of training step ``step`` (default: the current one).
 
         Paper mode returns ``[K]``; per-sample mode ``[B, K]``, where sample
-        ``i`` uses global index ``sample_index[i]`` (default: ``rank * B + i``).
+        ``i`` uses global index ``sample_index[i]`` (default: ``rank * B + i``;
+        paper mode checks ``sample_index`` but does not use it).
         Float32 on ``device``.
         """
         progress = check_fraction("progress", progress)
         batch_size = check_int("batch_size", batch_size, minimum=0)
         step = self.step if step is None else check_int("step", step, minimum=0)
+        if sample_index is not None:  # unused in paper mode, but a bad value is still an error
+            _check_sample_index(sample_index, batch_size)
         if not self.per_sample:
             return self._draw(progress, (self.seed, step)).to(device)
         if sample_index is None:
             rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
             indices = range(rank * batch_size, (rank + 1) * batch_size)
         else:
-            if not isinstance(sample_index, torch.Tensor) or sample_index.dtype not in dcf.LABEL_DTYPES:
-                raise TypeError(f"sample_index must be an integer tensor, got {sample_index!r}")
-            if sample_index.shape != (batch_size,):
-                raise ValueError(f"sample_index must have shape [B]=[{batch_size}], got {tuple(sample_index.shape)}")
             indices = sample_index.tolist()
         rows = [self._draw(progress, (self.seed, step, int(i))) for i in indices]
         return (torch.stack(rows) if rows else torch.ones(0, self.num_classes)).to(device)
@@ -225,7 +232,8 @@ class DropClass(nn.Module):
                 unless ``keep`` is given.
             keep: an explicit ``[K]`` or ``[B, K]`` mask instead of a drawn one
                 (in evaluation too: predict with those classes dropped).
-            sample_index: global sample indices ``[B]`` for per-sample masks.
+            sample_index: global sample indices ``[B]`` (an integer tensor) for per-sample masks;
+                checked but unused in paper mode and in evaluation.
         """
         require_floating("features", features, (4,), "[B, C, h, w]")
         if features.shape[1] != self.classifier.in_channels:
@@ -235,6 +243,8 @@ class DropClass(nn.Module):
         if not self.training:
             if progress is not None:  # unused in evaluation, but a bad value is still an error
                 check_fraction("progress", progress)
+            if sample_index is not None:  # unused in evaluation, as progress
+                _check_sample_index(sample_index, features.shape[0])
             if keep is None:
                 keep = torch.ones(self.num_classes, device=features.device)
             else:

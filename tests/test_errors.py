@@ -339,6 +339,27 @@ def test_module_errors():
         per_sample(torch.randn(2, 8, 4, 4), progress=0.5, sample_index=torch.tensor([5.0, 9.0]))
     with pytest.raises(ValueError, match=r"sample_index must have shape \[B\]=\[2\], got \(3,\)"):
         per_sample(torch.randn(2, 8, 4, 4), progress=0.5, sample_index=torch.arange(3))
+    assert per_sample.step == 0
+
+
+@pytest.mark.parametrize("mode", ["paper mode", "evaluation"])
+def test_sample_index_is_checked_where_it_is_unused(mode):
+    """Paper mode draws one mask per step and evaluation draws none, so neither uses ``sample_index``; a bad one is
+    still refused, as an unused ``progress`` is, and a good one changes nothing."""
+    dc = DropClass(nn.Conv2d(8, 5, 1), per_sample=mode == "evaluation", seed=4)
+    dc.train(mode == "paper mode")
+    features = torch.randn(2, 8, 4, 4)
+    with pytest.raises(TypeError, match=r"sample_index must be an integer tensor, got \[5, 9\]"):
+        dc(features, progress=1.0, sample_index=[5, 9])
+    with pytest.raises(ValueError, match=r"sample_index must have shape \[B\]=\[2\], got \(3,\)"):
+        dc(features, progress=1.0, sample_index=torch.arange(3))
+    assert dc.step == 0
+    given = dc(features, progress=1.0, sample_index=torch.tensor([5, 9]))
+    if mode == "paper mode":  # the mask of step 0, drawn from (seed, step) alone
+        torch.testing.assert_close(given.keep, dc.sample_keep(1.0, 2, step=0))
+        assert given.keep.shape == (5,) and dc.step == 1
+    else:
+        torch.testing.assert_close(given, dc(features, progress=1.0))
     with pytest.raises(TypeError, match="out must be the DropClassOutput"):
         DropClassLoss()(torch.randn(2, 5, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), progress=0.5)
     several = DropClassOutput({"out": torch.randn(2, 5, 4, 4)}, torch.randn(2, 5, 4, 4), torch.ones(5))
