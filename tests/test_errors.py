@@ -340,6 +340,12 @@ def test_module_errors():
     with pytest.raises(ValueError, match=r"sample_index must have shape \[B\]=\[2\], got \(3,\)"):
         per_sample(torch.randn(2, 8, 4, 4), progress=0.5, sample_index=torch.arange(3))
     assert per_sample.step == 0
+    with pytest.raises(TypeError, match="out must be the DropClassOutput"):
+        DropClassLoss()(torch.randn(2, 5, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), progress=0.5)
+    several = DropClassOutput({"out": torch.randn(2, 5, 4, 4)}, torch.randn(2, 5, 4, 4), torch.ones(5))
+    with pytest.raises(TypeError, match=r"out.logits must be the logits tensor \[B, K, h, w\], got dict: .* "
+                                        r"DropClassOutput\(main_logits, out.drop_logits, out.keep\)"):
+        DropClassLoss()(several, torch.zeros(2, 4, 4, dtype=torch.long), progress=0.5)
 
 
 @pytest.mark.parametrize("mode", ["paper mode", "evaluation"])
@@ -360,12 +366,6 @@ def test_sample_index_is_checked_where_it_is_unused(mode):
         assert given.keep.shape == (5,) and dc.step == 1
     else:
         torch.testing.assert_close(given, dc(features, progress=1.0))
-    with pytest.raises(TypeError, match="out must be the DropClassOutput"):
-        DropClassLoss()(torch.randn(2, 5, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), progress=0.5)
-    several = DropClassOutput({"out": torch.randn(2, 5, 4, 4)}, torch.randn(2, 5, 4, 4), torch.ones(5))
-    with pytest.raises(TypeError, match=r"out.logits must be the logits tensor \[B, K, h, w\], got dict: .* "
-                                        r"DropClassOutput\(main_logits, out.drop_logits, out.keep\)"):
-        DropClassLoss()(several, torch.zeros(2, 4, 4, dtype=torch.long), progress=0.5)
 
 
 @pytest.mark.parametrize("momentum", ["0.1", -0.5, 1.5, float("nan"), True])
