@@ -171,8 +171,33 @@ def test_sampler_rejects_bad_arguments():
         ResumableSampler(50, batch_size=0)  # was a ZeroDivisionError
     with pytest.raises(ValueError, match="num_replicas must be a positive int, got 1.0"):
         ResumableSampler(50, batch_size=4, num_replicas=1.0)
-    with pytest.raises(ValueError, match="skip must be in"):
+    with pytest.raises(ValueError, match=r"skip must be an int in \[0, 48\] \(this rank's samples per epoch\), got 49"):
         ResumableSampler(50, batch_size=4).set_epoch(0, skip=49)
+
+
+@pytest.mark.parametrize(
+    ("epoch", "skip", "message"),
+    [
+        (-1, 0, "epoch must be a non-negative int, got -1"),  # was drawn as a valid epoch of its own
+        (1.0, 0, "epoch must be a non-negative int, got 1.0"),  # was a TypeError from the seed mixing
+        (1, True, r"skip must be an int in \[0, 48\] .*, got True"),  # was read as skip=1
+        (1, 2.0, r"skip must be an int in \[0, 48\] .*, got 2.0"),  # was a TypeError from slicing
+    ],
+)
+def test_sampler_set_epoch_refuses_what_is_not_a_count(epoch, skip, message):
+    sampler = ResumableSampler(50, batch_size=4, seed=3)
+    with pytest.raises(ValueError, match=message):
+        sampler.set_epoch(epoch, skip=skip)
+    assert (sampler.epoch, sampler.skip) == (0, 0)  # a refused call changes nothing
+
+
+def test_sampler_set_epoch_takes_numpy_ints():
+    sampler = ResumableSampler(50, batch_size=4, seed=3)
+    sampler.set_epoch(2, skip=5)
+    expected = list(sampler)
+    sampler.set_epoch(np.int64(2), skip=np.int64(5))  # was an OverflowError from the seed mixing
+    assert list(sampler) == expected and len(expected) == 48 - 5
+    assert (type(sampler.epoch), type(sampler.skip)) == (int, int)
 
 
 class _Unpicklable:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from .._checks import check_bool, check_int, is_int
+from .._checks import check_bool, check_int, check_int_in, is_int
 from ..module import mix_seed
 
 
@@ -56,11 +56,11 @@ class ResumableSampler(Sampler[int]):
         self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Iterate epoch ``epoch``, leaving out this rank's first ``skip`` samples."""
-        if not 0 <= skip <= len(self):
-            raise ValueError(f"skip must be in [0, {len(self)}], got {skip}")
+        """Iterate epoch ``epoch`` (a non-negative int, as the dataset's ``set_epoch`` takes), leaving out this
+        rank's first ``skip`` samples (an int in ``[0, len(self)]``)."""
+        epoch = check_int("epoch", epoch, minimum=0)
+        self.skip = check_int_in("skip", skip, 0, len(self), "this rank's samples per epoch")
         self.epoch = epoch
-        self.skip = skip
 
     def __len__(self) -> int:
         return self.batches_per_epoch * self.batch_size
