@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from ._checks import IntListLike, check_ignore_index, check_int, check_int_in, int_list
+from ._checks import IntListLike, check_ignore_index, check_int, check_int_in, int_list, require_tensor
 
 
 class ConfusionMatrix:
@@ -34,12 +34,13 @@ class ConfusionMatrix:
         Pixels whose target is ``ignore_index`` are skipped; any other target
         outside ``[0, K)`` or prediction outside ``[0, K)`` is a ``ValueError``.
         """
+        prediction, target = require_tensor("prediction", prediction), require_tensor("target", target)
         if prediction.shape != target.shape:
             raise ValueError(
                 f"prediction and target must have the same shape, got {tuple(prediction.shape)} "
                 f"and {tuple(target.shape)}"
             )
-        if prediction.is_floating_point() or target.is_floating_point():
+        if any(t.is_floating_point() or t.is_complex() for t in (prediction, target)):
             raise TypeError(f"prediction and target must be integer tensors, got {prediction.dtype} and {target.dtype}")
         if self.matrix.device != target.device:
             self.matrix = self.matrix.to(target.device)
@@ -90,7 +91,7 @@ def format_iou_table(class_names: Sequence[str], ious: Mapping[str, torch.Tensor
     """
     titles = list(ious)
     for title, values in ious.items():
-        if values.numel() != len(class_names):
+        if _check_vector(values, f"ious[{title!r}]").numel() != len(class_names):
             raise ValueError(f"ious[{title!r}] has {values.numel()} entries for {len(class_names)} classes")
     with_delta = len(titles) == 2
 

@@ -182,6 +182,13 @@ def test_confusion_matrix_rejects_bad_input():
         cm.update(torch.tensor([0, 1]), torch.tensor([0]))
     with pytest.raises(TypeError, match="integer tensors"):
         cm.update(torch.tensor([0.0]), torch.tensor([0]))
+    with pytest.raises(TypeError, match="integer tensors, got torch.complex64 and torch.int64"):
+        cm.update(torch.tensor([1 + 1j]), torch.tensor([1]))  # was counted as class 1, the imaginary part dropped
+    with pytest.raises(TypeError, match="prediction must be a torch.Tensor, got ndarray"):
+        cm.update(np.array([0, 1]), torch.tensor([0, 1]))  # was an AttributeError
+    with pytest.raises(TypeError, match="target must be a torch.Tensor, got list"):
+        cm.update(torch.tensor([0, 1]), [0, 1])
+    assert int(cm.matrix.sum()) == 0  # nothing refused was counted
 
 
 def test_iou_table_has_one_row_per_class_and_the_delta():
@@ -192,3 +199,16 @@ def test_iou_table_has_one_row_per_class_and_the_delta():
     assert lines[2] == "| road | 50.0 | 60.0 | +10.0 |"
     assert lines[3] == "| car | 25.0 | 20.0 | -5.0 |"
     assert lines[4] == "| mIoU | 37.5 | 40.0 | +2.5 |"
+
+
+@pytest.mark.parametrize(
+    ("values", "got"),
+    [
+        ([0.5, 0.25], "<class 'list'>"),  # was an AttributeError
+        (torch.tensor([[0.5, 0.25]]), r"shape \(1, 2\), dtype torch.float32"),  # was a ValueError from float()
+        (torch.tensor([1, 0]), r"shape \(2,\), dtype torch.int64"),  # was refused as "iou", naming no column
+    ],
+)
+def test_iou_table_refuses_what_is_not_a_floating_vector(values, got):
+    with pytest.raises(TypeError, match=rf"ious\['dropclass'\] must be a 1-D floating tensor \[K\], got {got}"):
+        format_iou_table(("road", "car"), {"baseline": torch.tensor([0.5, 0.25]), "dropclass": values})
