@@ -87,11 +87,9 @@ def colorize(label: np.ndarray | torch.Tensor, palette: np.ndarray, ignore_index
     ``ignore_index`` pixels are black; any other value outside ``[0, K)`` is a ``ValueError``.
     """
     label = label.cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
-    palette = np.asarray(palette, dtype=np.uint8)
+    palette = _check_palette(palette)
     if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
         raise ValueError(f"label must be an integer [H, W] map, got dtype {label.dtype}, shape {label.shape}")
-    if palette.ndim != 2 or palette.shape[1] != 3:
-        raise ValueError(f"palette must be [K, 3] RGB, got shape {palette.shape}")
     ignored = label == ignore_index
     bad = ~ignored & ((label < 0) | (label >= len(palette)))
     if bad.any():
@@ -100,6 +98,17 @@ def colorize(label: np.ndarray | torch.Tensor, palette: np.ndarray, ignore_index
     out = palette[np.where(ignored, 0, label)]
     out[ignored] = 0
     return out
+
+
+def _check_palette(palette: object) -> np.ndarray:
+    """``palette`` as uint8 ``[K, 3]``; ValueError unless it holds integer RGB values in ``[0, 255]``: cast to uint8,
+    a float palette in ``[0, 1]`` would turn black and 256 would wrap to 0."""
+    array = np.asarray(palette)
+    if array.ndim != 2 or array.shape[1] != 3 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"palette must be [K, 3] integer RGB values, got dtype {array.dtype}, shape {array.shape}")
+    if array.size and not (array.min() >= 0 and array.max() <= 255):
+        raise ValueError(f"palette values must be in [0, 255], got values from {array.min()} to {array.max()}")
+    return array.astype(np.uint8)
 
 
 def difference_boxes(
