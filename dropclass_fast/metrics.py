@@ -89,10 +89,8 @@ def format_iou_table(class_names: Sequence[str], ious: Mapping[str, torch.Tensor
     ``ious`` maps a column title to a ``[K]`` IoU tensor. With exactly two
     columns a third gives their difference (second minus first).
     """
+    check_iou_columns(class_names, ious)
     titles = list(ious)
-    for title, values in ious.items():
-        if _check_vector(values, f"ious[{title!r}]").numel() != len(class_names):
-            raise ValueError(f"ious[{title!r}] has {values.numel()} entries for {len(class_names)} classes")
     with_delta = len(titles) == 2
 
     def row(name: str, values: list[float]) -> str:
@@ -107,6 +105,14 @@ def format_iou_table(class_names: Sequence[str], ious: Mapping[str, torch.Tensor
     lines += [row(name, [float(ious[t][c]) * 100 for t in titles]) for c, name in enumerate(class_names)]
     lines.append(row("mIoU", [mean_iou(ious[t]) * 100 for t in titles]))
     return "\n".join(lines)
+
+
+def check_iou_columns(class_names: Sequence[str], ious: Mapping[str, torch.Tensor]) -> None:
+    """TypeError naming the column unless every value of ``ious`` is a 1-D floating tensor, ValueError unless it has
+    one entry per class of ``class_names``."""
+    for title, values in ious.items():
+        if _check_vector(values, f"ious[{title!r}]").numel() != len(class_names):
+            raise ValueError(f"ious[{title!r}] has {values.numel()} entries for {len(class_names)} classes")
 
 
 def _percent(value: float) -> str:

@@ -17,7 +17,7 @@ from ._checks import check_fraction, check_int
 from .data.cityscapes import PALETTE as CITYSCAPES_PALETTE
 from .data.synthetic import PALETTE as SYNTHETIC_PALETTE
 from .data.voc import voc_palette
-from .metrics import mean_iou
+from .metrics import check_iou_columns, mean_iou
 
 #: RGB uint8 ``[K, 3]`` colour per train id: Cityscapes' 19 classes, VOC's 21 (background first), the synthetic 8.
 PALETTES: dict[str, np.ndarray] = {
@@ -34,10 +34,8 @@ def plot_iou_bars(
 
     ``ious`` maps a model's name to its ``[K]`` IoU tensor (NaN: class absent, drawn as no bar).
     """
+    check_iou_columns(class_names, ious)
     names = list(ious)
-    for name in names:
-        if ious[name].numel() != len(class_names):
-            raise ValueError(f"ious[{name!r}] has {ious[name].numel()} entries for {len(class_names)} classes")
     x = np.arange(len(class_names))
     width = 0.8 / max(len(names), 1)
     fig = Figure(figsize=(max(6.0, 0.6 * len(class_names) + 2), 3.6))

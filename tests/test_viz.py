@@ -105,6 +105,11 @@ def test_figures_are_written_as_png(tmp_path):
     assert width > 600 and height > 300
     bars = plot_iou_bars(names, {"a": torch.rand(8), "b": torch.rand(8)}, tmp_path / "bars.png")
     assert _png_size(bars)[0] > 700
+    with pytest.raises(TypeError, match=r"ious\['b'\] must be a 1-D floating tensor \[K\], got shape \(8,\), dtype"):
+        plot_iou_bars(names, {"a": torch.rand(8), "b": torch.ones(8, dtype=torch.int64)}, tmp_path / "int.png")
+    with pytest.raises(ValueError, match=r"ious\['b'\] has 7 entries for 8 classes"):
+        plot_iou_bars(names, {"a": torch.rand(8), "b": torch.rand(7)}, tmp_path / "short.png")
+    assert not (tmp_path / "int.png").exists() and not (tmp_path / "short.png").exists()
     with pytest.raises(ValueError, match="one entry per image"):
         plot_predictions([image], [label], {"Baseline": [pred_a, pred_a]}, dataset.palette, tmp_path / "x.png")
     with pytest.raises(ValueError, match="class_names has 9 entries but the palette only 8 colours"):
