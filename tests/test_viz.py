@@ -49,15 +49,17 @@ def test_colorize_maps_ids_to_colours_and_ignore_to_black():
 @pytest.mark.parametrize(
     ("palette", "message"),
     [
-        # a float palette in [0, 1] was cast to black
-        ([[1.0, 0.5, 0.0], [0.2, 0.4, 0.6]], r"\[K, 3\] integer RGB values, got dtype float64, shape \(2, 3\)"),
-        ([[300, 0, 0], [0, 0, 0]], r"values must be in \[0, 255\], got values from 0 to 300"),  # was 44
-        ([[-1, 0, 0], [0, 0, 0]], r"values must be in \[0, 255\], got values from -1 to 0"),  # was 255
-        ([[10, 20], [30, 40]], r"\[K, 3\] integer RGB values, got dtype int64, shape \(2, 2\)"),
+        (  # a float palette in [0, 1] was cast to black
+            [[1.0, 0.5, 0.0], [0.2, 0.4, 0.6]],
+            r"^palette must be \[K, 3\] integer RGB values, got dtype float64, shape \(2, 3\)$",
+        ),
+        ([[300, 0, 0], [0, 0, 0]], r"^palette values must be in \[0, 255\], got values from 0 to 300$"),  # was 44
+        ([[-1, 0, 0], [0, 0, 0]], r"^palette values must be in \[0, 255\], got values from -1 to 0$"),  # was 255
+        ([[10, 20], [30, 40]], r"^palette must be \[K, 3\] integer RGB values, got dtype int64, shape \(2, 2\)$"),
     ],
 )
 def test_colorize_refuses_a_palette_that_is_not_uint8_rgb(palette, message):
-    with pytest.raises(ValueError, match=f"^palette (must be )?{message}$"):
+    with pytest.raises(ValueError, match=message):
         colorize(np.array([[0, 1]]), np.array(palette))
 
 
