@@ -260,3 +260,11 @@ def test_csv_log_drops_rows_after_the_resumed_iteration(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["loss"]) == 9.0
+
+
+def test_csv_log_refuses_keys_that_are_not_columns(tmp_path):
+    log = CsvLog(tmp_path / "log.csv")
+    with pytest.raises(ValueError, match=r"row has keys \['aux', 'los'\] that are not log columns"):
+        log.write({"iteration": 1, "los": 0.5, "aux": 0.1})
+    with (tmp_path / "log.csv").open() as f:
+        assert list(csv.DictReader(f)) == []

@@ -29,6 +29,10 @@ class CsvLog:
             writer.writerows(kept)
 
     def write(self, row: dict[str, float | int | str]) -> None:
-        """Appends ``row`` (missing columns stay empty)."""
+        """Appends ``row`` (missing columns stay empty); ``ValueError`` for a key that is not one of
+        :data:`COLUMNS`, which would otherwise be dropped without a trace."""
+        unknown = sorted(set(row) - set(COLUMNS))
+        if unknown:
+            raise ValueError(f"row has keys {unknown} that are not log columns {list(COLUMNS)}")
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=COLUMNS).writerow({k: row.get(k, "") for k in COLUMNS})
