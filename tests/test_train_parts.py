@@ -14,6 +14,7 @@ from dropclass_fast.train import ResumableSampler, TrainConfig, evaluate, load_c
 from dropclass_fast.train.checkpoint import rng_state, set_rng_state
 from dropclass_fast.train.cli import main
 from dropclass_fast.train.config import build_parser, config_from_args
+from dropclass_fast.train.distributed import init_distributed
 from dropclass_fast.train.logger import CsvLog
 
 
@@ -268,3 +269,32 @@ def test_csv_log_refuses_keys_that_are_not_columns(tmp_path):
         log.write({"iteration": 1, "los": 0.5, "aux": 0.1})
     with (tmp_path / "log.csv").open() as f:
         assert list(csv.DictReader(f)) == []
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"WORLD_SIZE": "two"}, "environment variable WORLD_SIZE must be an integer >= 1, got 'two'"),
+        ({"WORLD_SIZE": "0"}, "environment variable WORLD_SIZE must be an integer >= 1, got '0'"),
+        ({"RANK": "-1"}, "environment variable RANK must be an integer >= 0, got '-1'"),
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE is 2 without RANK and LOCAL_RANK: launch with torchrun"),
+        ({"WORLD_SIZE": "2", "RANK": "1"}, "WORLD_SIZE is 2 without LOCAL_RANK: launch with torchrun"),
+        ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"},
+         r"environment variable RANK must be in \[0, WORLD_SIZE=2\), got 2"),
+    ],
+)  # fmt: skip
+def test_init_distributed_refuses_a_bad_launch_environment(monkeypatch, environment, message):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        init_distributed("cpu")
+
+
+def test_init_distributed_without_torchrun_is_one_process(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    context = init_distributed("cpu")
+    assert (context.rank, context.world_size, context.local_rank, context.device) == (0, 1, 0, torch.device("cpu"))
+    assert context.is_main and not context.distributed
