@@ -271,6 +271,13 @@ def test_csv_log_refuses_keys_that_are_not_columns(tmp_path):
         assert list(csv.DictReader(f)) == []
 
 
+@pytest.fixture
+def no_launch_environment(monkeypatch):
+    """No torchrun variables, whatever the environment the tests run in holds."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.mark.parametrize(
     ("environment", "message"),
     [
@@ -283,18 +290,14 @@ def test_csv_log_refuses_keys_that_are_not_columns(tmp_path):
          r"environment variable RANK must be in \[0, WORLD_SIZE=2\), got 2"),
     ],
 )  # fmt: skip
-def test_init_distributed_refuses_a_bad_launch_environment(monkeypatch, environment, message):
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
+def test_init_distributed_refuses_a_bad_launch_environment(monkeypatch, no_launch_environment, environment, message):
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=f"^{message}$"):
         init_distributed("cpu")
 
 
-def test_init_distributed_without_torchrun_is_one_process(monkeypatch):
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
+def test_init_distributed_without_torchrun_is_one_process(no_launch_environment):
     context = init_distributed("cpu")
     assert (context.rank, context.world_size, context.local_rank, context.device) == (0, 1, 0, torch.device("cpu"))
     assert context.is_main and not context.distributed
