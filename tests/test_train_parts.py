@@ -281,13 +281,13 @@ def no_launch_environment(monkeypatch):
 @pytest.mark.parametrize(
     ("environment", "message"),
     [
-        ({"WORLD_SIZE": "two"}, "environment variable WORLD_SIZE must be an integer >= 1, got 'two'"),
-        ({"WORLD_SIZE": "0"}, "environment variable WORLD_SIZE must be an integer >= 1, got '0'"),
-        ({"RANK": "-1"}, "environment variable RANK must be an integer >= 0, got '-1'"),
+        ({"WORLD_SIZE": "two"}, "environment variable WORLD_SIZE must be a positive int, got 'two'"),
+        ({"WORLD_SIZE": "0"}, "environment variable WORLD_SIZE must be a positive int, got 0"),
+        ({"RANK": "-1"}, "environment variable RANK must be a non-negative int, got -1"),
         ({"WORLD_SIZE": "2"}, "WORLD_SIZE is 2 without RANK and LOCAL_RANK: launch with torchrun"),
         ({"WORLD_SIZE": "2", "RANK": "1"}, "WORLD_SIZE is 2 without LOCAL_RANK: launch with torchrun"),
         ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"},
-         r"environment variable RANK must be in \[0, WORLD_SIZE=2\), got 2"),
+         r"environment variable RANK must be an int in \[0, 1\] \(WORLD_SIZE - 1\), got 2"),
     ],
 )  # fmt: skip
 def test_init_distributed_refuses_a_bad_launch_environment(monkeypatch, no_launch_environment, environment, message):

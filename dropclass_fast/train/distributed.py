@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .._checks import check_int, check_int_in
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -64,9 +66,7 @@ def _launch_ranks() -> tuple[int, int, int]:
     missing = [name for name, value in (("RANK", rank), ("LOCAL_RANK", local_rank)) if value is None]
     if world_size > 1 and missing:
         raise ValueError(f"WORLD_SIZE is {world_size} without {' and '.join(missing)}: launch with torchrun")
-    rank = 0 if rank is None else rank
-    if rank >= world_size:
-        raise ValueError(f"environment variable RANK must be in [0, WORLD_SIZE={world_size}), got {rank}")
+    rank = 0 if rank is None else check_int_in("environment variable RANK", rank, 0, world_size - 1, "WORLD_SIZE - 1")
     return world_size, rank, 0 if local_rank is None else local_rank
 
 
@@ -76,12 +76,10 @@ def _env_count(name: str, minimum: int) -> int | None:
     if text is None:
         return None
     try:
-        value: int | None = int(text)
+        value: object = int(text)
     except ValueError:
-        value = None
-    if value is None or value < minimum:
-        raise ValueError(f"environment variable {name} must be an integer >= {minimum}, got {text!r}")
-    return value
+        value = text  # refused by check_int, which names it
+    return check_int(f"environment variable {name}", value, minimum)
 
 
 def shutdown_distributed() -> None:
