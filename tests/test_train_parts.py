@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -261,6 +262,24 @@ def test_csv_log_drops_rows_after_the_resumed_iteration(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["loss"]) == 9.0
+
+
+@pytest.mark.parametrize("header", ["step,loss", "iteration,loss,aux", "iteration,loss"])
+def test_csv_log_refuses_to_resume_a_file_with_other_columns(tmp_path, header):
+    path = tmp_path / "log.csv"
+    text = f"{header}\n1,0.5,0.1\n"
+    path.write_text(text)
+    columns = re.escape(str(header.split(",")))
+    with pytest.raises(ValueError, match=rf"^cannot resume the log .*log\.csv: its columns are {columns}, not the log"):
+        CsvLog(path, resume_from=1)
+    assert path.read_text() == text
+
+
+def test_csv_log_resumes_an_empty_file_as_a_new_log(tmp_path):
+    (tmp_path / "log.csv").write_text("")
+    CsvLog(tmp_path / "log.csv", resume_from=3).write({"iteration": 4})
+    with (tmp_path / "log.csv").open() as f:
+        assert [r["iteration"] for r in csv.DictReader(f)] == ["4"]
 
 
 def test_csv_log_refuses_keys_that_are_not_columns(tmp_path):

@@ -13,7 +13,8 @@ class CsvLog:
 
     ``resume_from``: the iteration a resumed run restarts at; rows past it (a
     killed run's iterations after its last checkpoint) are dropped first, so
-    the file never holds an iteration twice.
+    the file never holds an iteration twice. A non-empty file there whose
+    header is not :data:`COLUMNS` is a ``ValueError`` and is left as it is.
     """
 
     def __init__(self, path: str | Path, resume_from: int | None = None) -> None:
@@ -22,7 +23,11 @@ class CsvLog:
         kept: list[dict[str, str]] = []
         if resume_from is not None and self.path.is_file():
             with self.path.open(newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["iteration"]) <= resume_from]
+                reader = csv.DictReader(f)
+                if reader.fieldnames not in (None, list(COLUMNS)):
+                    raise ValueError(f"cannot resume the log {self.path}: its columns are {reader.fieldnames}, "
+                                     f"not the log columns {list(COLUMNS)}")
+                kept = [row for row in reader if int(row["iteration"]) <= resume_from]
         with self.path.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
