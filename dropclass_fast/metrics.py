@@ -178,7 +178,7 @@ def _check_vector(values: object, name: str) -> torch.Tensor:
     if not isinstance(values, torch.Tensor) or values.dim() != 1 or not values.is_floating_point():
         got = f"shape {tuple(values.shape)}, dtype {values.dtype}" if isinstance(values, torch.Tensor) else type(values)
         raise TypeError(f"{name} must be a 1-D floating tensor [K], got {got}")
-    return values
+    return values.detach()
 
 
 def _check_class_indices(classes: object, num_classes: int, name: str) -> list[int]:

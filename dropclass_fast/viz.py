@@ -32,7 +32,8 @@ def plot_iou_bars(
 ) -> Path:
     """Grouped bars of per-class IoU (in %), one colour per model; writes a PNG at ``path``.
 
-    ``ious`` maps a model's name to its ``[K]`` IoU tensor (NaN: class absent, drawn as no bar).
+    ``ious`` maps a model's name to its floating ``[K]`` IoU tensor on any device (NaN: class absent, drawn as
+    no bar).
     """
     check_iou_columns(class_names, ious)
     names = list(ious)
@@ -41,7 +42,7 @@ def plot_iou_bars(
     fig = Figure(figsize=(max(6.0, 0.6 * len(class_names) + 2), 3.6))
     ax = fig.subplots()
     for i, name in enumerate(names):
-        values = np.nan_to_num(ious[name].double().numpy() * 100, nan=0.0)
+        values = np.nan_to_num(ious[name].detach().double().cpu().numpy() * 100, nan=0.0)
         miou = mean_iou(ious[name]) * 100
         ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=f"{name} (mIoU {miou:.1f})")
     ax.set_xticks(x, class_names, rotation=45, ha="right")
@@ -54,12 +55,19 @@ def plot_iou_bars(
 
 
 def plot_training_curves(logs: Mapping[str, str | os.PathLike], path: str | os.PathLike, title: str = "") -> Path:
-    """Total loss against iteration for each run's ``log.csv`` (written by the training engine)."""
+    """Total loss against iteration for each run's ``log.csv`` (written by the training engine).
+
+    ``ValueError`` naming the file for a log without rows or without the ``iteration`` and ``loss`` columns.
+    """
     fig = Figure(figsize=(6.0, 3.6))
     ax = fig.subplots()
     for name, log in logs.items():
         with Path(log).open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            if reader.fieldnames is not None and not {"iteration", "loss"} <= set(reader.fieldnames):
+                raise ValueError(f"training log {log} needs the columns ['iteration', 'loss'], "
+                                 f"its columns are {reader.fieldnames}")
+            rows = list(reader)
         if not rows:
             raise ValueError(f"training log {log} has no rows")
         ax.plot([int(r["iteration"]) for r in rows], [float(r["loss"]) for r in rows], label=name, linewidth=1)

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import struct
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from dropclass_fast.data import SyntheticStreets
+from dropclass_fast.train.logger import CsvLog
 from dropclass_fast.viz import (
     PALETTES,
     colorize,
     difference_boxes,
     plot_iou_bars,
     plot_predictions,
+    plot_training_curves,
     plot_unbiased_comparison,
 )
 
@@ -117,3 +121,35 @@ def test_figures_are_written_as_png(tmp_path):
     with pytest.raises(ValueError, match="class_names has 9 entries but the palette only 8 colours"):
         plot_predictions([image], [label], {"Baseline": [pred_a]}, dataset.palette, tmp_path / "x.png",
                          class_names=(*names, "extra"))
+
+
+def test_plot_iou_bars_draws_an_iou_tensor_that_requires_grad(tmp_path):
+    iou = torch.tensor([0.5, float("nan"), 0.25], requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = plot_iou_bars(["a", "b", "c"], {"model": iou}, tmp_path / "bars.png")
+    assert _png_size(path)[0] > 500
+
+
+def test_plot_training_curves_draws_the_engine_log(tmp_path):
+    log = CsvLog(tmp_path / "run" / "log.csv")
+    for iteration, loss in ((10, 2.5), (20, 1.75)):
+        log.write({"iteration": iteration, "loss": loss})
+    assert _png_size(plot_training_curves({"run": log.path}, tmp_path / "curves.png"))[0] > 500
+
+
+NEEDS_LOSS_COLUMNS = r"needs the columns \['iteration', 'loss'\], its columns are "
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("step,loss\n1,2.0\n", NEEDS_LOSS_COLUMNS + r"\['step', 'loss'\]"),
+    ("iteration,total\n1,2.0\n", NEEDS_LOSS_COLUMNS + r"\['iteration', 'total'\]"),
+    ("iteration,loss\n", "has no rows"),
+    ("", "has no rows"),
+], ids=["no_iteration", "no_loss", "header_only", "empty"])
+def test_plot_training_curves_refuses_a_log_without_loss_rows(tmp_path, text, message):
+    log = tmp_path / "log.csv"
+    log.write_text(text)
+    with pytest.raises(ValueError, match=rf"^training log {re.escape(str(log))} {message}"):
+        plot_training_curves({"run": log}, tmp_path / "curves.png")
+    assert not (tmp_path / "curves.png").exists()
