@@ -89,7 +89,7 @@ def format_iou_table(class_names: Sequence[str], ious: Mapping[str, torch.Tensor
     ``ious`` maps a column title to a ``[K]`` IoU tensor. With exactly two
     columns a third gives their difference (second minus first).
     """
-    check_iou_columns(class_names, ious)
+    ious = check_iou_columns(class_names, ious)
     titles = list(ious)
     with_delta = len(titles) == 2
 
@@ -107,12 +107,14 @@ def format_iou_table(class_names: Sequence[str], ious: Mapping[str, torch.Tensor
     return "\n".join(lines)
 
 
-def check_iou_columns(class_names: Sequence[str], ious: Mapping[str, torch.Tensor]) -> None:
-    """TypeError naming the column unless every value of ``ious`` is a 1-D floating tensor, ValueError unless it has
-    one entry per class of ``class_names``."""
-    for title, values in ious.items():
-        if _check_vector(values, f"ious[{title!r}]").numel() != len(class_names):
+def check_iou_columns(class_names: Sequence[str], ious: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``ious`` with each column detached; TypeError naming the column unless every value is a 1-D floating tensor,
+    ValueError unless it has one entry per class of ``class_names``."""
+    columns = {title: _check_vector(values, f"ious[{title!r}]") for title, values in ious.items()}
+    for title, values in columns.items():
+        if values.numel() != len(class_names):
             raise ValueError(f"ious[{title!r}] has {values.numel()} entries for {len(class_names)} classes")
+    return columns
 
 
 def _percent(value: float) -> str:

@@ -35,14 +35,14 @@ def plot_iou_bars(
     ``ious`` maps a model's name to its floating ``[K]`` IoU tensor on any device (NaN: class absent, drawn as
     no bar).
     """
-    check_iou_columns(class_names, ious)
+    ious = check_iou_columns(class_names, ious)
     names = list(ious)
     x = np.arange(len(class_names))
     width = 0.8 / max(len(names), 1)
     fig = Figure(figsize=(max(6.0, 0.6 * len(class_names) + 2), 3.6))
     ax = fig.subplots()
     for i, name in enumerate(names):
-        values = np.nan_to_num(ious[name].detach().double().cpu().numpy() * 100, nan=0.0)
+        values = np.nan_to_num(ious[name].double().cpu().numpy() * 100, nan=0.0)
         miou = mean_iou(ious[name]) * 100
         ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=f"{name} (mIoU {miou:.1f})")
     ax.set_xticks(x, class_names, rotation=45, ha="right")
@@ -59,13 +59,14 @@ def plot_training_curves(logs: Mapping[str, str | os.PathLike], path: str | os.P
 
     ``ValueError`` naming the file for a log without rows or without the ``iteration`` and ``loss`` columns.
     """
+    needed = ("iteration", "loss")
     fig = Figure(figsize=(6.0, 3.6))
     ax = fig.subplots()
     for name, log in logs.items():
         with Path(log).open(newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames is not None and not {"iteration", "loss"} <= set(reader.fieldnames):
-                raise ValueError(f"training log {log} needs the columns ['iteration', 'loss'], "
+            if reader.fieldnames is not None and not set(needed) <= set(reader.fieldnames):
+                raise ValueError(f"training log {log} needs the columns {list(needed)}, "
                                  f"its columns are {reader.fieldnames}")
             rows = list(reader)
         if not rows:

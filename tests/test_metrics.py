@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -199,6 +200,14 @@ def test_iou_table_has_one_row_per_class_and_the_delta():
     assert lines[2] == "| road | 50.0 | 60.0 | +10.0 |"
     assert lines[3] == "| car | 25.0 | 20.0 | -5.0 |"
     assert lines[4] == "| mIoU | 37.5 | 40.0 | +2.5 |"
+
+
+def test_iou_table_reads_a_column_that_requires_grad_without_warning():
+    ious = {"baseline": torch.tensor([0.5, 0.25], requires_grad=True)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = format_iou_table(("road", "car"), ious)
+    assert table.splitlines()[2:] == ["| road | 50.0 |", "| car | 25.0 |", "| mIoU | 37.5 |"]
 
 
 @pytest.mark.parametrize(
